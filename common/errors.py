@@ -1,0 +1,107 @@
+"""One exception tree for zimage-queue.
+
+The type of an error says who made it and whether trying again can help:
+``InvalidJob`` is the submitter's mistake and is refused before anything is queued;
+``JobFailed`` subclasses are the final reason recorded on a job; ``TransientError``
+marks trouble (a storage hiccup) that a retry may cure.
+"""
+
+from __future__ import annotations
+
+
+class ZqError(Exception):
+    """Root of every error zimage-queue raises on purpose."""
+
+
+class InvalidJob(ZqError, ValueError):
+    """A job spec breaks a limit; raised at submit, before anything is queued.
+
+    ``field`` names the offending field and ``limit`` states the rule it broke,
+    so a caller (or a batch report) can point at the exact cause.
+    """
+
+    def __init__(self, field: str, limit: str, value: object = None) -> None:
+        self.field = field
+        self.limit = limit
+        self.value = value
+        shown = "" if value is None else f" (got {_short(value)})"
+        super().__init__(f"{field}: {limit}{shown}")
+
+
+class JobConflict(ZqError):
+    """A job id was submitted again with a different spec; ids are idempotency keys."""
+
+
+class JobNotFound(ZqError, LookupError):
+    """No job with that id is known to the queue."""
+
+
+class StorageError(ZqError):
+    """The object store failed in a way that is not about a missing object."""
+
+
+class ObjectNotFound(StorageError, LookupError):
+    """A storage key that should exist does not."""
+
+
+class JobFailed(ZqError):
+    """A job ended without an image; the message is the recorded reason.
+
+    ``code`` is a short stable identifier (``parent_failed``, ``input_missing`` ...)
+    for programs; the message is for people.
+    """
+
+    code = "failed"
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class InputImageError(JobFailed):
+    """A parent image, source image or mask is missing, unreadable or the wrong size."""
+
+    code = "input_invalid"
+
+
+class ParentFailed(JobFailed):
+    """The job's parent failed or was cancelled, so the job cannot run."""
+
+    code = "parent_failed"
+
+
+class JobCancelled(JobFailed):
+    """The job was cancelled by a producer (while queued or at its next step)."""
+
+    code = "cancelled"
+
+
+class PoisonJob(JobFailed):
+    """The job was delivered too often (it kept killing its workers) and is parked."""
+
+    code = "poison"
+
+
+class JobTimedOut(JobFailed):
+    """The job ran past the worker's job timeout and was stopped at a step boundary."""
+
+    code = "timeout"
+
+
+class WorkerError(JobFailed):
+    """The pipeline raised something unexpected (a bug, a GPU error); the worker lives on."""
+
+    code = "worker_error"
+
+
+class ConfigError(ZqError):
+    """Settings are invalid, or a worker was started with options it cannot serve."""
+
+
+class TransientError(ZqError):
+    """Trouble that may pass (a storage or broker hiccup): the job is retried."""
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

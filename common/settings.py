@@ -1,0 +1,97 @@
+"""Settings: read from the environment once, into one typed object, passed explicitly."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from common.errors import ConfigError
+from common.job import ModelType
+
+# Released checkpoints. No edit checkpoint is published yet, so the edit worker
+# derives image-to-image and inpainting from the turbo weights.
+DEFAULT_MODEL_SOURCES: dict[ModelType, str] = {
+    ModelType.TURBO: "Tongyi-MAI/Z-Image-Turbo",
+    ModelType.EDIT: "Tongyi-MAI/Z-Image-Turbo",
+    ModelType.BASE: "Tongyi-MAI/Z-Image",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a producer or worker is configured with. See README, "Configuration"."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    storage_url: str = "file://./zq-data"
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    model_sources: dict[ModelType, str] = field(
+        default_factory=lambda: dict(DEFAULT_MODEL_SOURCES)
+    )
+    device: str = "auto"
+    cpu_offload: bool = False
+    job_timeout_s: int = 1800
+    lease_ttl_s: int = 15
+    max_deliveries: int = 3
+    prompt_cache_size: int = 256
+    latent_cache_size: int = 32
+    presign_expiry_s: int = 3600
+    key_prefix: str = "zq"
+
+    @property
+    def visibility_timeout_s(self) -> int:
+        """Above the longest job, so Redis never redelivers a job that is still running."""
+        return self.job_timeout_s * 2 + 60
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read ``ZQ_*`` variables (and ``AWS_*`` through boto3) into settings."""
+        env = os.environ if env is None else env
+        base = cls()
+        sources = dict(base.model_sources)
+        for model in ModelType:
+            value = env.get(f"ZQ_MODEL_{model.value.upper()}")
+            if value:
+                sources[model] = value
+        return replace(
+            base,
+            redis_url=env.get("ZQ_REDIS_URL", base.redis_url),
+            storage_url=env.get("ZQ_STORAGE_URL", base.storage_url),
+            s3_endpoint_url=env.get("ZQ_S3_ENDPOINT_URL") or None,
+            s3_region=env.get("ZQ_S3_REGION", base.s3_region),
+            model_sources=sources,
+            device=env.get("ZQ_DEVICE", base.device),
+            cpu_offload=_flag(env, "ZQ_CPU_OFFLOAD", base.cpu_offload),
+            job_timeout_s=_int(env, "ZQ_JOB_TIMEOUT_S", base.job_timeout_s, 1),
+            lease_ttl_s=_int(env, "ZQ_LEASE_TTL_S", base.lease_ttl_s, 3),
+            max_deliveries=_int(env, "ZQ_MAX_DELIVERIES", base.max_deliveries, 1),
+            prompt_cache_size=_int(env, "ZQ_PROMPT_CACHE_SIZE", base.prompt_cache_size, 0),
+            latent_cache_size=_int(env, "ZQ_LATENT_CACHE_SIZE", base.latent_cache_size, 0),
+            presign_expiry_s=_int(env, "ZQ_PRESIGN_EXPIRY_S", base.presign_expiry_s, 1),
+            key_prefix=env.get("ZQ_KEY_PREFIX", base.key_prefix),
+        )
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if raw.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")

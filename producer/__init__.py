@@ -1,0 +1,1 @@
+"""Producers: the Python client and CLI that submit and follow jobs."""

@@ -1,0 +1,180 @@
+"""The producer's Python client: submit jobs, follow them, fetch results, cancel."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from common.errors import InvalidJob, JobFailed, ParentFailed
+from common.job import JobKind, JobSpec, new_job
+from common.jobstore import JobStore
+from common.layout import upload_key
+from common.queueing import make_celery, publish_jobs
+from common.settings import Settings
+from common.status import JobRecord, JobStatus
+from common.storage import ObjectStore, open_store
+
+ImageInput = str | Path | bytes
+"""A local file path, raw image bytes, or (as a ``str`` not naming a file) a storage key."""
+
+_UPLOAD_FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
+
+
+@dataclass(frozen=True)
+class JobHandle:
+    """A submitted job: its id and the client that can follow it."""
+
+    job_id: str
+    client: Client
+
+    def status(self) -> JobRecord:
+        """The job's current record."""
+        return self.client.status(self.job_id)
+
+    def wait(self, timeout_s: float = 600.0) -> JobRecord:
+        """Block until the job ends; see ``Client.wait``."""
+        return self.client.wait(self.job_id, timeout_s)
+
+    def result(self, timeout_s: float = 600.0) -> bytes:
+        """Wait for the job and return its image bytes; see ``Client.result``."""
+        return self.client.result(self.job_id, timeout_s)
+
+
+class Client:
+    """Talks to the queue (Redis) and the object store; never to a worker directly."""
+
+    def __init__(self, settings: Settings, jobs: JobStore | None = None,
+                 store: ObjectStore | None = None) -> None:
+        self.settings = settings
+        self.jobs = jobs or JobStore.from_url(settings.redis_url, settings.key_prefix)
+        self.store = store or open_store(settings)
+        self.app = make_celery(settings, name="zq-producer")
+
+    @classmethod
+    def from_env(cls) -> Client:
+        """A client configured from ``ZQ_*`` environment variables."""
+        return cls(Settings.from_env())
+
+    # -- submitting ----------------------------------------------------------
+    def submit(self, spec: JobSpec) -> JobHandle:
+        """Record and enqueue a built spec. Submitting the same spec again is a no-op.
+
+        A queued job whose message was never sent (the submitter crashed in between)
+        is published on resubmission.
+        """
+        self.jobs.submit(spec)
+        if spec.job_id in self.jobs.needs_publish(spec.model):
+            publish_jobs(self.app, self.jobs, [spec.job_id])
+        return JobHandle(spec.job_id, self)
+
+    def generate(self, prompt: str, **options: Any) -> JobHandle:
+        """Text to image (turbo unless ``model`` says otherwise). Returns at once."""
+        return self.submit(new_job(JobKind.GENERATE, prompt=prompt, **options))
+
+    def edit(self, prompt: str, parent: str | None = None, image: ImageInput | None = None,
+             mask: ImageInput | None = None, **options: Any) -> JobHandle:
+        """Change a parent job's image or a source image; ``mask`` white = may change."""
+        return self.submit(self._child_spec(JobKind.EDIT, prompt, parent, image, mask, options))
+
+    def refine(self, parent: str | None = None, prompt: str | None = None,
+               image: ImageInput | None = None, **options: Any) -> JobHandle:
+        """Redraw at high quality on the base model; the prompt defaults to the parent's."""
+        return self.submit(self._child_spec(JobKind.REFINE, prompt, parent, image, None, options))
+
+    def _child_spec(self, kind: JobKind, prompt: str | None, parent: str | None,
+                    image: ImageInput | None, mask: ImageInput | None,
+                    options: dict[str, Any]) -> JobSpec:
+        if parent is not None:
+            parent_spec = self.jobs.get(parent).spec
+            options.setdefault("conversation_id", parent_spec.conversation_id)
+            if not prompt:
+                prompt = parent_spec.prompt
+        if image is not None:
+            options["source_image"] = self.upload(image, "source_image")
+        if mask is not None:
+            options["mask"] = self.upload(mask, "mask")
+        return new_job(kind, prompt=prompt or "", parent_id=parent, **options)
+
+    def upload(self, image: ImageInput, field: str = "source_image") -> str:
+        """Store a local image under a content-addressed key and return the key.
+
+        A ``str`` that is not an existing file is taken as a storage key and must exist.
+        """
+        if isinstance(image, str) and not Path(image).is_file():
+            if not self.store.exists(image):
+                raise InvalidJob(field, "no such file or storage key", image)
+            return image
+        data = image if isinstance(image, bytes) else _read_file(Path(image), field)
+        try:
+            with Image.open(io.BytesIO(data)) as decoded:
+                image_format = decoded.format or ""
+                decoded.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError):
+            raise InvalidJob(field, "must be a readable PNG, JPEG or WebP image") from None
+        if image_format not in _UPLOAD_FORMATS:
+            raise InvalidJob(field, "must be a PNG, JPEG or WebP image", image_format)
+        key = upload_key(hashlib.sha256(data).hexdigest(), _UPLOAD_FORMATS[image_format])
+        if not self.store.exists(key):
+            self.store.put(key, data, f"image/{image_format.lower()}")
+        return key
+
+    # -- following -------------------------------------------------------------
+    def status(self, job_id: str) -> JobRecord:
+        """The job's record now (``JobNotFound`` if unknown)."""
+        return self.jobs.get(job_id)
+
+    def wait(self, job_id: str, timeout_s: float = 600.0, poll_s: float = 0.1) -> JobRecord:
+        """Poll until the job ends; raises ``TimeoutError`` naming its last status."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            record = self.jobs.get(job_id)
+            if record.status.terminal:
+                return record
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} still {record.status.value} after {timeout_s}s")
+            time.sleep(poll_s)
+
+    def result(self, job_id: str, timeout_s: float = 600.0) -> bytes:
+        """The finished image's bytes; raises ``JobFailed`` with the reason otherwise."""
+        record = self.wait(job_id, timeout_s)
+        if record.status is not JobStatus.SUCCEEDED or record.image is None:
+            raise JobFailed(f"job {job_id} {record.status.value}: {record.error}")
+        return self.store.get(record.image)
+
+    def url(self, job_id: str) -> str:
+        """A presigned URL for the finished image (a ``file://`` URL on local storage)."""
+        record = self.jobs.get(job_id)
+        if record.image is None:
+            raise JobFailed(f"job {job_id} has no image ({record.status.value})")
+        return self.store.url(record.image, self.settings.presign_expiry_s)
+
+    def manifest(self, job_id: str) -> dict[str, Any]:
+        """The finished job's provenance manifest."""
+        record = self.jobs.get(job_id)
+        if record.manifest is None:
+            raise JobFailed(f"job {job_id} has no manifest ({record.status.value})")
+        manifest: dict[str, Any] = json.loads(self.store.get(record.manifest))
+        return manifest
+
+    def cancel(self, job_id: str) -> JobStatus:
+        """Cancel a job; returns its status now (a running job stops at its next step).
+
+        Children waiting on a job cancelled before it ran fail with "parent cancelled".
+        """
+        _, children = self.jobs.cancel(job_id)
+        self.jobs.fail_descendants(children, ParentFailed("parent cancelled"))
+        return self.jobs.get(job_id).status
+
+
+def _read_file(path: Path, field: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InvalidJob(field, f"cannot read file: {exc.strerror}", str(path)) from None

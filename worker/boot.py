@@ -1,0 +1,69 @@
+"""Starting a worker process: load the model once, warm it up, start the liveness thread."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from celery import Celery
+from diffusers.utils import logging as diffusers_logging
+
+from common.job import JobKind, ModelType, new_job
+from common.jobstore import JobStore
+from common.settings import Settings
+from common.storage import open_store
+from worker.execute import JobRunner
+from worker.liveness import Liveness, WorkerRegistry
+from worker.models import load_model
+from worker.render import Renderer, RenderInputs
+
+if TYPE_CHECKING:
+    from worker.celery_app import WorkerRuntime
+
+log = logging.getLogger("zq.worker")
+
+
+class ModelRenderer(Renderer):
+    """The real renderer, describing its model for manifests."""
+
+    def describe(self) -> dict[str, object]:
+        """The model section of a manifest."""
+        return {**self.model.describe(), "versions": self.model.versions}
+
+
+def warm_up(renderer: Renderer) -> float:
+    """One small render so the first real job pays no first-call costs; returns seconds."""
+    side = renderer.model.size_multiple * 4
+    job = new_job(JobKind.GENERATE, prompt="warm-up", seed=0, steps=2, width=side, height=side,
+                  model=ModelType.TURBO.value)
+    started = time.perf_counter()
+    renderer.render(job, RenderInputs(), lambda done, total: False)
+    return time.perf_counter() - started
+
+
+def start_runtime(settings: Settings, model: ModelType, worker_id: str,
+                  app: Celery) -> WorkerRuntime:
+    """Everything a worker needs before it consumes its first message."""
+    from worker.celery_app import WorkerRuntime
+
+    # diffusers warns on every from_pipe about float32 modules it does not have.
+    diffusers_logging.set_verbosity_error()
+    jobs = JobStore.from_url(settings.redis_url, settings.key_prefix)
+    registry = WorkerRegistry(jobs, worker_id, model, ttl_s=settings.lease_ttl_s * 2)
+    source = settings.model_sources[model]
+    log.info("loading %s model from %s", model.value, source)
+    loaded = load_model(model, source, settings.device, settings.cpu_offload)
+    registry.count("model_loads")
+    renderer = ModelRenderer(loaded, settings.prompt_cache_size, settings.latent_cache_size)
+    warm_s = warm_up(renderer)
+    registry.update(load_seconds=loaded.load_seconds, warmup_seconds=warm_s,
+                    revision=loaded.source.revision, device=str(loaded.device))
+    log.info("model %s loaded in %.2fs, warm-up %.2fs", loaded.source.revision,
+             loaded.load_seconds, warm_s)
+    runner = JobRunner(settings, worker_id, jobs, open_store(settings), app, renderer)
+    liveness = Liveness(jobs, app, model, worker_id, runner.current, registry,
+                        settings.lease_ttl_s)
+    liveness.recover()
+    liveness.start()
+    return WorkerRuntime(model, runner, registry, liveness)

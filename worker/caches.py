@@ -1,0 +1,62 @@
+"""Per-process caches: initial-noise latent templates and prompt embeddings.
+
+Bulk jobs repeat prompts ("put every product on white marble"), so encoding a
+prompt once saves a pass of the 4B text encoder per job. Both caches are plain
+LRUs owned by the worker process; nothing is shared across processes.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class LRUCache(Generic[K, V]):
+    """A bounded mapping that forgets the least recently used entry; counts hits."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.hits = 0
+        self.misses = 0
+        self._items: OrderedDict[K, V] = OrderedDict()
+
+    def get_or_make(self, key: K, make: Callable[[], V]) -> V:
+        """The cached value for ``key``, made (and kept, if there is room) on a miss."""
+        if key in self._items:
+            self.hits += 1
+            self._items.move_to_end(key)
+            return self._items[key]
+        self.misses += 1
+        value = make()
+        if self.capacity > 0:
+            self._items[key] = value
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def latent_shape(height: int, width: int, channels: int, vae_scale_factor: int) -> tuple[int, ...]:
+    """The text-to-image initial noise shape, as Z-Image pipelines compute it."""
+    return (1, channels, 2 * (height // (vae_scale_factor * 2)),
+            2 * (width // (vae_scale_factor * 2)))
+
+
+def make_latent_template(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """The initial noise for ``seed``, drawn exactly as the pipeline would draw it.
+
+    Drawn on the CPU with a fresh generator, so the image for a seed is the same
+    on every worker whether the template came from the cache or not.
+    """
+    generator = torch.Generator("cpu").manual_seed(seed)
+    return randn_tensor(shape, generator=generator, device=torch.device("cpu"),
+                        dtype=torch.float32)

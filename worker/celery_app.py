@@ -1,0 +1,114 @@
+"""The worker's Celery app: ``celery -A worker.celery_app worker -Q zq.turbo`` or ``zq worker``.
+
+Tasks are thin: they hand the job id to ``JobRunner``. The model is loaded once,
+after the worker knows its queue and before it consumes a single message, then
+warmed up with one tiny render; jobs never load weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from celery import signals
+
+from common.errors import ConfigError
+from common.job import JobKind, ModelType
+from common.queueing import TASK_NAMES, make_celery, model_for_queue
+from common.settings import Settings
+from worker.execute import JobRunner
+from worker.liveness import Liveness, WorkerRegistry
+
+log = logging.getLogger("zq.worker")
+
+# Celery's `-A` needs a module-level app; settings are read once, here, for it.
+settings = Settings.from_env()
+app = make_celery(settings, name="zq-worker")
+
+
+@dataclass
+class WorkerRuntime:
+    """Everything a worker process holds for its life."""
+
+    model: ModelType
+    runner: JobRunner
+    registry: WorkerRegistry
+    liveness: Liveness
+
+
+_runtime: WorkerRuntime | None = None
+
+
+def runtime() -> WorkerRuntime:
+    """The started runtime; tasks cannot run before the worker has booted."""
+    if _runtime is None:
+        raise RuntimeError("worker runtime not started: run this app with `zq worker`"
+                           " or `celery -A worker.celery_app worker -Q zq.<model>`")
+    return _runtime
+
+
+def served_model(queues: list[str]) -> ModelType:
+    """The one model type a worker serves: ``ZQ_WORKER_MODEL``, else its single queue."""
+    named = os.environ.get("ZQ_WORKER_MODEL")
+    if named:
+        try:
+            return ModelType(named)
+        except ValueError:
+            raise ConfigError(f"ZQ_WORKER_MODEL must be turbo, edit or base: {named!r}") from None
+    models = {m for m in (model_for_queue(q) for q in queues) if m is not None}
+    if len(models) != 1 or len(queues) != 1:
+        raise ConfigError(f"a worker serves exactly one model queue (zq.turbo, zq.edit or "
+                          f"zq.base); it was given {sorted(queues)}")
+    return models.pop()
+
+
+@signals.celeryd_after_setup.connect
+def _boot(sender: str, instance: Any, **_: Any) -> None:
+    """Load and warm the model before the consumer starts fetching messages."""
+    global _runtime
+    from worker.boot import start_runtime
+
+    queues = sorted(instance.app.amqp.queues.consume_from or {})
+    _runtime = start_runtime(settings, served_model(queues), sender, app)
+
+
+@signals.worker_ready.connect
+def _ready(**_: Any) -> None:
+    runtime().registry.update(ready=1)
+    log.info("worker ready for %s", runtime().model.value)
+
+
+@signals.worker_shutdown.connect
+def _shutdown(**_: Any) -> None:
+    if _runtime is not None:
+        _runtime.registry.update(ready=0)
+        _runtime.liveness.stop()
+
+
+def _run(job_id: str) -> str:
+    state = runtime()
+    outcome = state.runner.run(job_id)
+    if outcome in {"succeeded", "failed", "cancelled", "poison"}:
+        state.registry.count("jobs_done")
+    return outcome
+
+
+@app.task(name=TASK_NAMES[JobKind.GENERATE], ignore_result=True)
+def generate(job_id: str) -> str:
+    """zq.generate: text to image."""
+    return _run(job_id)
+
+
+@app.task(name=TASK_NAMES[JobKind.EDIT], ignore_result=True)
+def edit(job_id: str) -> str:
+    """zq.edit: image-to-image or masked edit of a parent or source image."""
+    return _run(job_id)
+
+
+@app.task(name=TASK_NAMES[JobKind.REFINE], ignore_result=True)
+def refine(job_id: str) -> str:
+    """zq.refine: high-quality redraw of a parent or source image."""
+    return _run(job_id)
+

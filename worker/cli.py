@@ -1,0 +1,56 @@
+"""Worker commands: ``zq worker`` and ``zq make-tiny-models``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from common.job import ModelType
+from common.queueing import queue_name
+
+
+def add_commands(commands: Any) -> None:
+    """Register the worker subcommands on an argparse subparsers object."""
+    worker = commands.add_parser("worker", help="run a GPU worker pinned to one model type")
+    worker.add_argument("--model", required=True, choices=[m.value for m in ModelType])
+    worker.add_argument("--name", help="worker name (default: zq-MODEL@HOST-PID)")
+    worker.add_argument("--loglevel", default="INFO")
+    worker.set_defaults(handler=run_worker)
+
+    tiny = commands.add_parser("make-tiny-models",
+                               help="write tiny random-weight checkpoints (tests, demos)")
+    tiny.add_argument("directory", type=Path)
+    tiny.set_defaults(handler=make_tiny)
+
+
+def worker_argv(model: ModelType, name: str, loglevel: str) -> list[str]:
+    """The Celery worker command line ``zq worker`` runs (solo pool, one queue, events)."""
+    return ["worker", "-Q", queue_name(model), "--pool=solo", "--concurrency=1",
+            "--task-events", "--hostname", name, "--loglevel", loglevel,
+            "--without-mingle", "--without-gossip"]
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    """Start a Celery worker in this process; SIGTERM becomes a soft shutdown."""
+    model = ModelType(args.model)
+    os.environ["ZQ_WORKER_MODEL"] = model.value
+    # Kubernetes stops pods with SIGTERM: make it Celery's cold shutdown, which with
+    # worker_soft_shutdown_timeout first lets the running job finish.
+    os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
+    name = args.name or f"zq-{model.value}@{socket.gethostname()}-{os.getpid()}"
+    from worker.celery_app import app
+
+    app.worker_main(worker_argv(model, name, args.loglevel))
+    return 0
+
+
+def make_tiny(args: argparse.Namespace) -> int:
+    """Write the three tiny checkpoints and print where they are."""
+    from worker.tiny_models import make_tiny_models
+
+    for model, path in make_tiny_models(args.directory).items():
+        print(f"{model}\t{path}")
+    return 0

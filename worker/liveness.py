@@ -1,0 +1,110 @@
+"""The worker's background thread: heartbeat, job lease, and recovery of lost jobs.
+
+Celery's Redis transport gives an unacknowledged message back only after the
+visibility timeout, which must exceed the longest job, so it cannot be what
+recovers a job from a killed worker. Instead each running job holds a short lease
+that this thread renews; any live worker of the same model type re-publishes a
+job whose lease ran out (its worker died), and jobs recorded but never published.
+A job whose lease is alive is never handed to a second worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+
+from celery import Celery
+
+from common.job import ModelType
+from common.jobstore import JobStore
+from common.queueing import publish_jobs
+from worker.execute import CurrentJob
+
+log = logging.getLogger("zq.worker")
+
+
+class WorkerRegistry:
+    """A worker's own record in Redis: model, readiness, load count, heartbeat."""
+
+    def __init__(self, jobs: JobStore, worker_id: str, model: ModelType, ttl_s: int) -> None:
+        self.redis = jobs.redis
+        self.key = f"{jobs.prefix}:worker:{worker_id}"
+        self.index = f"{jobs.prefix}:workers:{model.value}"
+        self.worker_id = worker_id
+        self.ttl_s = ttl_s
+        self.redis.hset(self.key, mapping={"model": model.value, "pid": os.getpid(),
+                                           "host": socket.gethostname(), "ready": 0,
+                                           "model_loads": 0, "jobs_done": 0,
+                                           "started_at": time.time()})
+        self.beat()
+
+    def update(self, **fields: str | int | float) -> None:
+        """Set fields of the worker's record."""
+        self.redis.hset(self.key, mapping=fields)
+
+    def count(self, field: str) -> None:
+        """Add one to a counter field (``model_loads``, ``jobs_done``)."""
+        self.redis.hincrby(self.key, field, 1)
+
+    def beat(self) -> None:
+        """Refresh the heartbeat; the record expires if the worker stops beating."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self.key, "heartbeat", time.time())
+        pipe.expire(self.key, self.ttl_s)
+        pipe.sadd(self.index, self.worker_id)
+        pipe.execute()
+
+
+class Liveness(threading.Thread):
+    """Renews the current job's lease and recovers lost jobs, every ``lease_ttl_s / 3``."""
+
+    def __init__(self, jobs: JobStore, app: Celery, model: ModelType, worker_id: str,
+                 current: CurrentJob, registry: WorkerRegistry, lease_ttl_s: int) -> None:
+        super().__init__(name="zq-liveness", daemon=True)
+        self.jobs = jobs
+        self.app = app
+        self.model = model
+        self.worker_id = worker_id
+        self.current = current
+        self.registry = registry
+        self.lease_ttl_s = lease_ttl_s
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        """Beat until stopped; an error in one beat is logged, never fatal."""
+        interval = max(self.lease_ttl_s / 3.0, 0.5)
+        while not self.stopping.is_set():
+            try:
+                self.beat()
+            except Exception:
+                log.exception("liveness beat failed; trying again")
+            self.stopping.wait(interval)
+
+    def beat(self) -> None:
+        """One round: lease, heartbeat, recovery."""
+        job_id = self.current.get()
+        if job_id is not None:
+            self.jobs.renew_lease(job_id, self.worker_id, self.lease_ttl_s)
+        self.registry.beat()
+        self.registry.update(current_job=job_id or "")
+        self.recover()
+
+    def recover(self) -> list[str]:
+        """Re-publish jobs of this model type that were lost; returns their ids."""
+        recovered = []
+        for job_id in self.jobs.orphaned(self.model):
+            if job_id == self.current.get():
+                continue
+            if self.jobs.requeue(self.jobs.get(job_id).spec):
+                log.warning("job %s lost its worker (lease expired); requeued", job_id)
+                recovered.append(job_id)
+        stale = self.jobs.needs_publish(self.model, older_than_s=self.lease_ttl_s)
+        publish_jobs(self.app, self.jobs, recovered + [j for j in stale if j not in recovered])
+        return recovered + stale
+
+    def stop(self) -> None:
+        """Stop beating (at worker shutdown)."""
+        self.stopping.set()

@@ -1,0 +1,1 @@
+"""The ``zq`` command: joins the producer and worker commands, and the demo."""

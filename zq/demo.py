@@ -1,0 +1,149 @@
+"""``zq demo``: a four-turn image conversation through the real queue, on any machine.
+
+With nothing configured it starts an embedded Redis server, keeps results in a local
+directory and builds tiny random-weight models, then runs three real worker
+processes (turbo, edit, base). With ``ZQ_REDIS_URL``, ``ZQ_STORAGE_URL`` and
+``ZQ_MODEL_*`` set it runs the same conversation against those instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from common.job import ModelType
+from common.settings import Settings
+from common.status import JobRecord, JobStatus
+from producer.client import Client
+from producer.contact_sheet import Tile, contact_sheet
+from producer.conversation import Conversation
+
+TURNS = (
+    "a night view of a futuristic city",
+    "brighter, add neon signs and flying cars",
+    "make the building on the left Chinese-style with flying eaves",
+)
+HD_PROMPT = ("a bright night view of a futuristic city with neon signs and flying cars, "
+             "the building on the left Chinese-style with flying eaves, highly detailed")
+
+
+def add_command(commands: Any) -> None:
+    """Register ``zq demo``."""
+    demo = commands.add_parser("demo", help="run a four-turn conversation end to end")
+    demo.add_argument("--out", type=Path, default=Path("zq-demo"), help="output directory")
+    demo.add_argument("--size", type=int, default=None,
+                      help="side in pixels (default 256 on tiny models, 1024 on real ones)")
+    demo.add_argument("--seed", type=int, default=42)
+    demo.add_argument("--timeout", type=float, default=900.0)
+    demo.set_defaults(handler=run_demo)
+
+
+@dataclass
+class Environment:
+    """What the demo started and must stop."""
+
+    settings: Settings
+    env: dict[str, str]
+    tiny: bool
+    stoppers: list[Any]
+
+
+def prepare(out: Path) -> Environment:
+    """Configured services where given, embedded ones otherwise."""
+    env = dict(os.environ)
+    stoppers: list[Any] = []
+    if "ZQ_REDIS_URL" not in env:
+        from zq.embedded_redis import start_redis
+
+        server = start_redis(out / "redis")
+        stoppers.append(server.stop)
+        env["ZQ_REDIS_URL"] = server.url
+    env.setdefault("ZQ_STORAGE_URL", (out / "storage").resolve().as_uri())
+    tiny = not any(f"ZQ_MODEL_{m.value.upper()}" in env for m in ModelType)
+    if tiny:
+        from worker.tiny_models import make_tiny_models
+
+        for model, path in make_tiny_models(out / "models").items():
+            env[f"ZQ_MODEL_{model.upper()}"] = str(path.resolve())
+    return Environment(Settings.from_env(env), env, tiny, stoppers)
+
+
+def start_workers(environment: Environment, logs: Path) -> list[subprocess.Popen[bytes]]:
+    """One real worker process per model type, as ``zq worker`` starts them."""
+    logs.mkdir(parents=True, exist_ok=True)
+    workers = []
+    for model in ModelType:
+        log = (logs / f"worker-{model.value}.log").open("wb")
+        workers.append(subprocess.Popen(
+            [sys.executable, "-m", "zq", "worker", "--model", model.value],
+            env=environment.env, stdout=log, stderr=subprocess.STDOUT))
+    return workers
+
+
+def left_third_mask(side: int) -> bytes:
+    """A mask whose left third is white (may change) and the rest black (kept)."""
+    mask = Image.new("L", (side, side), 0)
+    mask.paste(255, (0, 0, side // 3, side))
+    out = io.BytesIO()
+    mask.save(out, format="PNG")
+    return out.getvalue()
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Submit the whole conversation, start the workers, wait, print and draw the results."""
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    environment = prepare(out)
+    side = args.size or (256 if environment.tiny else 1024)
+    client = Client(replace(environment.settings))
+    if environment.tiny:
+        print("using tiny random-weight models: the pictures are noise, the machinery is real")
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        chat = Conversation(client, width=side, height=side, seed=args.seed)
+        chat.say(TURNS[0])
+        chat.say(TURNS[1])
+        chat.say(TURNS[2], mask=left_third_mask(side))
+        chat.refine(HD_PROMPT, width=side * 2, height=side * 2)
+        print(f"submitted {len(chat.turns)} turns of conversation {chat.conversation_id}; "
+              "starting workers")
+        workers = start_workers(environment, out / "logs")
+        records = [client.wait(turn.job_id, args.timeout) for turn in chat.turns]
+    finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.wait(60)
+        for stop in environment.stoppers:
+            stop()
+    return report(client, records, [TURNS[0], TURNS[1], TURNS[2], "HD redraw"], out)
+
+
+def report(client: Client, records: list[JobRecord], captions: list[str], out: Path) -> int:
+    """Print the table of turns and write the captioned contact sheet."""
+    print(f"{'turn':<5}{'job':<34}{'model':<7}{'parent':<34}{'seconds':>8}  output")
+    tiles = []
+    for turn, record in enumerate(records, start=1):
+        seconds = (record.finished_at or 0) - (record.started_at or record.finished_at or 0)
+        output = record.image or f"{record.status.value}: {record.error}"
+        print(f"{turn:<5}{record.spec.job_id:<34}{record.spec.model.value:<7}"
+              f"{record.spec.parent_id or '-':<34}{seconds:>8.2f}  {output}")
+        if record.status is JobStatus.SUCCEEDED and record.image:
+            image = client.store.get(record.image)
+            caption = (f"{turn}. {record.spec.model.value} {record.width}x{record.height}: "
+                       f"{captions[turn - 1]}")
+            tiles.append(Tile(image, caption))
+    if tiles:
+        sheet = out / "contact-sheet.png"
+        sheet.write_bytes(contact_sheet(tiles))
+        print(f"contact sheet: {sheet}")
+    ok = all(r.status is JobStatus.SUCCEEDED for r in records)
+    return 0 if ok else 1
