@@ -26,6 +26,9 @@ class Settings:
     storage_url: str = "file://./zq-data"
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
+    # None: boto3's own credential chain (instance roles, ~/.aws, ...).
+    s3_access_key_id: str | None = field(default=None, repr=False)
+    s3_secret_access_key: str | None = field(default=None, repr=False)
     model_sources: dict[ModelType, str] = field(
         default_factory=lambda: dict(DEFAULT_MODEL_SOURCES)
     )
@@ -60,6 +63,8 @@ class Settings:
             storage_url=env.get("ZQ_STORAGE_URL", base.storage_url),
             s3_endpoint_url=env.get("ZQ_S3_ENDPOINT_URL") or None,
             s3_region=env.get("ZQ_S3_REGION", base.s3_region),
+            s3_access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,
+            s3_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
             model_sources=sources,
             device=env.get("ZQ_DEVICE", base.device),
             cpu_offload=_flag(env, "ZQ_CPU_OFFLOAD", base.cpu_offload),

@@ -180,5 +180,7 @@ def s3_client(settings: Settings) -> Any:
         "s3",
         endpoint_url=settings.s3_endpoint_url,
         region_name=settings.s3_region,
+        aws_access_key_id=settings.s3_access_key_id,
+        aws_secret_access_key=settings.s3_secret_access_key,
         config=config,
     )

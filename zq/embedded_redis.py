@@ -1,4 +1,4 @@
-"""Start a private Redis server for tests that must kill, restart or flood Redis.
+"""Start a private Redis server: the demo's embedded broker and the tests' own server.
 
 Never touches the shared Redis on 127.0.0.1:6379: every server started here gets its own free
 port, directory and log under ``workdir``.  Uses ``redis-server`` from PATH, else the binary
