@@ -60,7 +60,7 @@ DEFAULT_PRIORITY = 5
 MAX_TAGS = 32
 MAX_TAG_KEY_CHARS, MAX_TAG_VALUE_CHARS = 64, 256
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
-KEY_PATTERN = re.compile(r"^[A-Za-z0-9_.\-/=+]{1,512}$")
+KEY_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-/=+]{0,511}$")
 
 
 @dataclass(frozen=True)
@@ -180,8 +180,8 @@ def new_job(kind: str | JobKind, **given: Any) -> JobSpec:
     fields.setdefault("guidance", defaults.guidance)
     fields.setdefault("prompt", "")
     if job_kind is JobKind.GENERATE:
-        fields.setdefault("width", defaults.side_px)
-        fields.setdefault("height", defaults.side_px)
+        if "width" not in fields and "height" not in fields:
+            fields["width"] = fields["height"] = defaults.side_px
     else:
         fields.setdefault("strength", defaults.strength)
     fields["output_format"] = _output_format(fields.get("output_format", "png"))
@@ -213,13 +213,14 @@ def _validate(job: JobSpec) -> None:
 
 
 def _check_id(name: str, value: object) -> None:
-    if not isinstance(value, str) or not ID_PATTERN.match(value):
+    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
         raise InvalidJob(name, "1-100 characters of letters, digits, '_', '.', '-'", value)
 
 
 def _check_key(name: str, value: object) -> None:
-    if not isinstance(value, str) or not KEY_PATTERN.match(value) or ".." in value:
-        raise InvalidJob(name, "a storage key: 1-512 characters, no '..'", value)
+    if not isinstance(value, str) or not KEY_PATTERN.fullmatch(value) or ".." in value:
+        raise InvalidJob(name, "a storage key: 1-512 characters, no leading '/' or '.', no '..'",
+                         value)
 
 
 def _check_types(job: JobSpec) -> None:
@@ -245,7 +246,8 @@ def _check_inputs(job: JobSpec) -> None:
         _check_key("mask", job.mask)
     if job.kind is JobKind.GENERATE:
         if job.has_input_image:
-            raise InvalidJob("parent_id", "a generate job starts from nothing; use edit or refine")
+            name = "parent_id" if job.parent_id is not None else "source_image"
+            raise InvalidJob(name, "a generate job starts from nothing; use edit or refine")
         if job.strength is not None:
             raise InvalidJob("strength", "applies only to edit and refine jobs", job.strength)
         if job.mask is not None:
@@ -256,17 +258,18 @@ def _check_inputs(job: JobSpec) -> None:
     if job.parent_id is not None and job.source_image is not None:
         raise InvalidJob("source_image", "give a parent_id or a source_image, not both")
     if not job.has_input_image:
-        raise InvalidJob("parent_id", f"an {job.kind.value} job needs a parent_id or source_image")
+        raise InvalidJob("parent_id", f"{job.kind.value} jobs need a parent_id or source_image")
     if job.mask is not None and job.kind is not JobKind.EDIT:
         raise InvalidJob("mask", "applies only to edit jobs")
 
 
 def _check_prompt(job: JobSpec) -> None:
     for name in ("prompt", "negative_prompt"):
-        if len(getattr(job, name)) > MAX_PROMPT_CHARS:
-            raise InvalidJob(name, f"at most {MAX_PROMPT_CHARS} characters", len(job.prompt))
+        length = len(getattr(job, name))
+        if length > MAX_PROMPT_CHARS:
+            raise InvalidJob(name, f"at most {MAX_PROMPT_CHARS} characters", length)
     if not job.prompt.strip() and job.kind is not JobKind.REFINE:
-        raise InvalidJob("prompt", f"an {job.kind.value} job needs a non-empty prompt")
+        raise InvalidJob("prompt", f"{job.kind.value} jobs need a non-empty prompt")
 
 
 def _check_size(job: JobSpec) -> None:

@@ -58,5 +58,6 @@ def make_latent_template(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     on every worker whether the template came from the cache or not.
     """
     generator = torch.Generator("cpu").manual_seed(seed)
-    return randn_tensor(shape, generator=generator, device=torch.device("cpu"),
-                        dtype=torch.float32)
+    template: torch.Tensor = randn_tensor(shape, generator=generator,
+                                          device=torch.device("cpu"), dtype=torch.float32)
+    return template

@@ -43,7 +43,7 @@ class WorkerRegistry:
 
     def update(self, **fields: str | int | float) -> None:
         """Set fields of the worker's record."""
-        self.redis.hset(self.key, mapping=fields)
+        self.redis.hset(self.key, mapping=dict(fields))  # type: ignore[arg-type]
 
     def count(self, field: str) -> None:
         """Add one to a counter field (``model_loads``, ``jobs_done``)."""

@@ -34,6 +34,9 @@ TEXT_TO_IMAGE_CLASSES = {"ZImagePipeline"}
 INSTRUCTION_EDIT_CLASSES = {"ZImageOmniPipeline"}
 _SNAPSHOT = re.compile(r"[0-9a-f]{40}")
 
+Pipeline = Any
+"""A diffusers pipeline: its components are dynamic attributes that type checkers cannot see."""
+
 
 @dataclass(frozen=True)
 class ResolvedSource:
@@ -57,9 +60,9 @@ class Editor(Protocol):
 class DerivedEditor:
     """Image-to-image without a mask, inpainting with one, on text-to-image weights."""
 
-    base: DiffusionPipeline
-    _img2img: DiffusionPipeline | None = None
-    _inpaint: DiffusionPipeline | None = None
+    base: Pipeline
+    _img2img: Pipeline | None = None
+    _inpaint: Pipeline | None = None
 
     def __call__(self, image: Image.Image, mask: Image.Image | None,
                  **pipeline_kwargs: Any) -> torch.Tensor:
@@ -82,7 +85,7 @@ class LoadedModel:
 
     model: ModelType
     source: ResolvedSource
-    pipeline: DiffusionPipeline
+    pipeline: Pipeline
     editor: Editor
     device: torch.device
     dtype: torch.dtype
@@ -159,7 +162,8 @@ def load_model(model: ModelType, source: str, device_preference: str = "auto",
     started = time.perf_counter()
     resolved = resolve_source(source)
     device, dtype = pick_device(device_preference)
-    pipeline = _quiet(DiffusionPipeline.from_pretrained(resolved.path, dtype=dtype))
+    pipeline = _quiet(DiffusionPipeline.from_pretrained(  # type: ignore[no-untyped-call]
+        resolved.path, dtype=dtype))
     offload = cpu_offload and device.type == "cuda"
     if offload:
         # Offload needs an accelerator; on a CPU-only machine it would raise.
@@ -174,7 +178,7 @@ def load_model(model: ModelType, source: str, device_preference: str = "auto",
     )
 
 
-def _editor_for(resolved: ResolvedSource, pipeline: DiffusionPipeline) -> Editor:
+def _editor_for(resolved: ResolvedSource, pipeline: Pipeline) -> Editor:
     if resolved.pipeline_class in TEXT_TO_IMAGE_CLASSES:
         return DerivedEditor(pipeline)
     if resolved.pipeline_class in INSTRUCTION_EDIT_CLASSES:
@@ -188,7 +192,7 @@ def _editor_for(resolved: ResolvedSource, pipeline: DiffusionPipeline) -> Editor
 class InstructionEditor:
     """An instruction-editing checkpoint: the image goes in as a condition, not a start."""
 
-    pipeline: DiffusionPipeline
+    pipeline: Pipeline
 
     def __call__(self, image: Image.Image, mask: Image.Image | None,
                  **pipeline_kwargs: Any) -> torch.Tensor:
@@ -215,7 +219,7 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def _quiet(pipeline: DiffusionPipeline) -> DiffusionPipeline:
+def _quiet(pipeline: Pipeline) -> Pipeline:
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 

