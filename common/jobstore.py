@@ -211,6 +211,10 @@ class JobStore:
         ids = self.redis.zrangebyscore(self._unpublished_key(model), "-inf", cutoff)
         return cast(list[str], ids)
 
+    def is_unpublished(self, spec: JobSpec) -> bool:
+        """Whether the job is queued but its message may not have been sent."""
+        return self.redis.zscore(self._unpublished_key(spec.model), spec.job_id) is not None
+
     def mark_published(self, spec: JobSpec) -> None:
         """Note that the job's queue message was sent."""
         self.redis.zrem(self._unpublished_key(spec.model), spec.job_id)

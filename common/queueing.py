@@ -2,7 +2,7 @@
 
 The configuration follows the known traps of long GPU jobs on Celery + Redis:
 late acknowledgement with rejection on a lost worker, no prefetch, a visibility
-timeout above the longest job, soft shutdown, JSON only, events for Flower.
+timeout above the longest job, warm shutdown on SIGTERM, JSON only, events for Flower.
 """
 
 from __future__ import annotations
@@ -69,7 +69,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_disable_prefetch": True,
         "worker_concurrency": 1,
         "worker_pool": "solo",
-        "worker_soft_shutdown_timeout": float(settings.job_timeout_s),
+        # SIGTERM is Celery's warm shutdown: the solo pool finishes the running job, takes
+        # no new one and exits. Celery's soft shutdown cannot work on the solo pool (its
+        # wait runs inside the signal handler, on the thread running the job), so it is
+        # left off; a job cut short by SIGKILL is recovered through its lease.
+        "worker_soft_shutdown_timeout": 0.0,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_hijack_root_logger": False,
         "enable_utc": True,

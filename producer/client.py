@@ -70,7 +70,7 @@ class Client:
         is published on resubmission.
         """
         self.jobs.submit(spec)
-        if spec.job_id in self.jobs.needs_publish(spec.model):
+        if self.jobs.is_unpublished(spec):
             publish_jobs(self.app, self.jobs, [spec.job_id])
         return JobHandle(spec.job_id, self)
 

@@ -34,12 +34,9 @@ def worker_argv(model: ModelType, name: str, loglevel: str) -> list[str]:
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    """Start a Celery worker in this process; SIGTERM becomes a soft shutdown."""
+    """Start a Celery worker in this process; SIGTERM lets the running job finish first."""
     model = ModelType(args.model)
     os.environ["ZQ_WORKER_MODEL"] = model.value
-    # Kubernetes stops pods with SIGTERM: make it Celery's cold shutdown, which with
-    # worker_soft_shutdown_timeout first lets the running job finish.
-    os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
     name = args.name or f"zq-{model.value}@{socket.gethostname()}-{os.getpid()}"
     from worker.celery_app import app
 

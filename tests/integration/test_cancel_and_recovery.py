@@ -89,22 +89,24 @@ def test_killed_worker_job_completes_once_on_a_restarted_worker(cluster: Cluster
 
 def test_job_running_on_one_worker_is_not_run_by_another(cluster: Cluster,
                                                           client: Client) -> None:
-    busy = cluster.start(ModelType.TURBO, name="busy@test")
-    slow = client.generate("only once", **SLOW)
-    wait_for(slow, lambda r: r.step >= 1)
-    idle = cluster.start(ModelType.TURBO, name="idle@test")
+    workers = [cluster.start(ModelType.TURBO, name=f"w{i}@test") for i in range(2)]
+    # Long enough to still be running when the duplicate arrives; cancelled at the end.
+    job = client.generate("only once", width=1024, height=1024, steps=150)
+    running = wait_for(job, lambda r: r.step >= 1)
+    busy = next(w for w in workers if w.name == running.worker)
+    idle = next(w for w in workers if w is not busy)
     # A duplicate message, as a Redis redelivery would produce, reaches the idle worker.
-    settings = Settings.from_env(cluster.env)
-    publish(make_celery(settings), slow.status().spec)
-    record = slow.wait(120)
-    assert record.status is JobStatus.SUCCEEDED
-    assert record.worker == "busy@test" and record.deliveries == 1
-    deadline = time.monotonic() + 10
+    publish(make_celery(Settings.from_env(cluster.env)), running.spec)
+    deadline = time.monotonic() + 30
     while "not run here: busy" not in idle.log_text() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert "not run here: busy" in idle.log_text()
+    client.cancel(job.job_id)
+    record = job.wait(60)
+    assert record.status is JobStatus.CANCELLED
+    assert record.worker == busy.name and record.deliveries == 1
     assert cluster.record(idle)["jobs_done"] == "0"
-    assert busy.proc.poll() is None
+    assert busy.proc.poll() is None and idle.proc.poll() is None
 
 
 def test_job_that_keeps_killing_workers_is_parked(cluster: Cluster, client: Client) -> None:
