@@ -82,6 +82,12 @@ class PoisonJob(JobFailed):
     code = "poison"
 
 
+class JobRejected(JobFailed):
+    """The worker refused the job as invalid for its loaded model (e.g. the size rule)."""
+
+    code = "invalid"
+
+
 class JobTimedOut(JobFailed):
     """The job ran past the worker's job timeout and was stopped at a step boundary."""
 

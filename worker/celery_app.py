@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from celery import signals
+from celery.exceptions import Reject
 
 from common.errors import ConfigError
 from common.job import JobKind, ModelType
@@ -22,6 +25,7 @@ from worker.execute import JobRunner
 from worker.liveness import Liveness, WorkerRegistry
 
 log = logging.getLogger("zq.worker")
+EXIT_CANNOT_START = 78  # EX_CONFIG
 
 # Celery's `-A` needs a module-level app; settings are read once, here, for it.
 settings = Settings.from_env()
@@ -71,7 +75,13 @@ def _boot(sender: str, instance: Any, **_: Any) -> None:
     from worker.boot import start_runtime
 
     queues = sorted(instance.app.amqp.queues.consume_from or {})
-    _runtime = start_runtime(settings, served_model(queues), sender, app)
+    try:
+        _runtime = start_runtime(settings, served_model(queues), sender, app)
+    except Exception:
+        # Celery logs and swallows errors raised by signal handlers; a worker that
+        # cannot load its model must not go on to consume (and drop) messages.
+        log.critical("worker cannot start", exc_info=True)
+        os._exit(EXIT_CANNOT_START)
 
 
 @signals.worker_ready.connect
@@ -89,7 +99,14 @@ def _shutdown(**_: Any) -> None:
 
 def _run(job_id: str) -> str:
     state = runtime()
-    outcome = state.runner.run(job_id)
+    try:
+        outcome = state.runner.run(job_id)
+    except redis.RedisError as exc:
+        # The job record could not be read or claimed: put the message back rather
+        # than acknowledge a job that never ran.
+        log.warning("Redis error on job %s, requeueing its message: %s", job_id, exc)
+        time.sleep(1.0)
+        raise Reject(exc, requeue=True) from exc
     if outcome in {"succeeded", "failed", "cancelled", "poison"}:
         state.registry.count("jobs_done")
     return outcome

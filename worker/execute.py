@@ -23,6 +23,8 @@ from common.errors import (
     InvalidJob,
     JobCancelled,
     JobFailed,
+    JobNotFound,
+    JobRejected,
     JobTimedOut,
     ObjectNotFound,
     ParentFailed,
@@ -87,13 +89,12 @@ class JobRunner:
         self.app = app
         self.renderer = renderer
         self.current = CurrentJob()
-        self.jobs_done = 0
 
     def run(self, job_id: str) -> str:
         """Run the job if this worker can claim it; returns what happened (for logs/tests)."""
         try:
             record = self.jobs.get(job_id)
-        except Exception as exc:  # an unknown id or an undecodable record: drop the message
+        except (JobNotFound, InvalidJob) as exc:  # nothing any worker could run: drop it
             log.error("dropping message for job %s: %s", job_id, exc)
             return "unknown"
         spec = record.spec
@@ -111,7 +112,6 @@ class JobRunner:
             return self._run_claimed(self.jobs.get(job_id))
         finally:
             self.current.set(None)
-            self.jobs_done += 1
 
     def _run_claimed(self, record: JobRecord) -> str:
         spec = record.spec
@@ -127,8 +127,11 @@ class JobRunner:
         except JobCancelled as exc:
             self._fail(spec, exc, JobStatus.CANCELLED)
             return "cancelled"
-        except (JobFailed, InvalidJob) as exc:
-            self._fail(spec, exc if isinstance(exc, JobFailed) else InputImageError(str(exc)))
+        except JobFailed as exc:
+            self._fail(spec, exc)
+            return "failed"
+        except InvalidJob as exc:
+            self._fail(spec, JobRejected(f"invalid for this worker's model: {exc}"))
             return "failed"
         except StorageError as exc:
             return self._retry_later(spec, exc)

@@ -76,3 +76,16 @@ def test_hub_id_resolves_from_an_offline_cache_to_its_snapshot_revision(
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode != 0
     assert "neither a directory nor a reachable hub checkpoint" in missing.stderr
+
+
+def test_worker_that_cannot_load_its_model_exits_before_consuming(cluster: Cluster,
+                                                                   client: Client,
+                                                                   tmp_path: Path) -> None:
+    job = client.generate("waits for a working worker", width=32, height=32)
+    broken = cluster.start(ModelType.TURBO, wait=False,
+                           extra_env={"ZQ_MODEL_TURBO": str(tmp_path / "no-such-model")})
+    assert broken.proc.wait(120) == 78
+    assert "no-such-model" in broken.log_text()
+    assert job.status().status is JobStatus.QUEUED
+    cluster.start(ModelType.TURBO)
+    assert job.wait(60).status is JobStatus.SUCCEEDED
