@@ -89,3 +89,12 @@ def _png(side: int) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (side, side), (200, 30, 30)).save(out, format="PNG")
     return out.getvalue()
+
+
+def test_more_urgent_job_overtakes_queued_ones(cluster: Cluster, client: Client) -> None:
+    bulk = [client.generate(f"bulk {i}", width=32, height=32, priority=1) for i in range(4)]
+    urgent = client.generate("urgent", width=32, height=32, priority=9)
+    cluster.start(ModelType.TURBO)
+    records = [h.wait(60) for h in [*bulk, urgent]]
+    first = min(records, key=lambda r: r.started_at or 0.0)
+    assert first.spec.job_id == urgent.job_id
