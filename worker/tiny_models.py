@@ -25,6 +25,7 @@ from diffusers import (
 )
 from tokenizers import pre_tokenizers
 from transformers import Qwen2Tokenizer, Qwen3Config, Qwen3Model
+from transformers.utils import logging as transformers_logging
 
 #: Seeds of the three checkpoints written by :func:`make_tiny_models`.
 TINY_MODEL_SEEDS: dict[str, int] = {"turbo": 0, "edit": 1, "base": 2}
@@ -158,6 +159,7 @@ def make_tiny_checkpoint(path: Path, seed: int) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; a checkpoint is readable like any folder
+        transformers_logging.disable_progress_bar()  # a 2 MB write needs no progress bar
         _make_pipeline(seed).save_pretrained(tmp, safe_serialization=True)
         if is_complete_checkpoint(path):  # another process finished it meanwhile
             return path

@@ -141,6 +141,7 @@ def report(client: Client, records: list[JobRecord], captions: list[str], out: P
             caption = (f"{turn}. {record.spec.model.value} {record.width}x{record.height}: "
                        f"{captions[turn - 1]}")
             tiles.append(Tile(image, caption))
+    print(f"results in {client.store.describe()}")
     if tiles:
         sheet = out / "contact-sheet.png"
         sheet.write_bytes(contact_sheet(tiles))
