@@ -105,7 +105,7 @@ class Renderer:
             # encode_prompt mutates list arguments: hand it fresh strings only.
             positive, negative_embeds = pipe.encode_prompt(
                 prompt=prompt, negative_prompt=negative if cfg else None,
-                do_classifier_free_guidance=cfg, device=self.model.device,
+                do_classifier_free_guidance=cfg, device=pipe._execution_device,
             )
         return list(positive), list(negative_embeds or [])
 
