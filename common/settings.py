@@ -41,6 +41,8 @@ class Settings:
     latent_cache_size: int = 32
     presign_expiry_s: int = 3600
     key_prefix: str = "zq"
+    metrics_port: int = 9400
+    exporter_port: int = 9401
 
     @property
     def visibility_timeout_s(self) -> int:
@@ -75,6 +77,8 @@ class Settings:
             latent_cache_size=_int(env, "ZQ_LATENT_CACHE_SIZE", base.latent_cache_size, 0),
             presign_expiry_s=_int(env, "ZQ_PRESIGN_EXPIRY_S", base.presign_expiry_s, 1),
             key_prefix=env.get("ZQ_KEY_PREFIX", base.key_prefix),
+            metrics_port=_int(env, "ZQ_METRICS_PORT", base.metrics_port, 0),
+            exporter_port=_int(env, "ZQ_EXPORTER_PORT", base.exporter_port, 1),
         )
 
 

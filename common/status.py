@@ -37,6 +37,7 @@ class JobRecord:
     root_id: str
     turn: int
     created_at: float
+    queued_at: float | None = None
     started_at: float | None = None
     finished_at: float | None = None
     step: int = 0
@@ -67,6 +68,7 @@ class JobRecord:
             root_id=fields["root_id"],
             turn=int(fields["turn"]),
             created_at=float(fields["created_at"]),
+            queued_at=opt_float("queued_at"),
             started_at=opt_float("started_at"),
             finished_at=opt_float("finished_at"),
             step=int(fields.get("step") or 0),
@@ -103,6 +105,7 @@ class JobRecord:
             "width": self.width,
             "height": self.height,
             "created_at": self.created_at,
+            "queued_at": self.queued_at,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
         }

@@ -9,12 +9,17 @@ from typing import TYPE_CHECKING
 from celery import Celery
 from diffusers.utils import logging as diffusers_logging
 
+from common.audit import configure_audit_logging
 from common.job import JobKind, ModelType, new_job
 from common.jobstore import JobStore
 from common.settings import Settings
 from common.storage import open_store
+from worker.audit import AuditHooks
 from worker.execute import JobRunner
+from worker.health import health_path
+from worker.hooks import HookSet
 from worker.liveness import Liveness, WorkerRegistry
+from worker.metrics import WorkerMetrics, torch_gpu_memory
 from worker.models import load_model
 from worker.render import Renderer, RenderInputs
 
@@ -49,6 +54,10 @@ def start_runtime(settings: Settings, model: ModelType, worker_id: str,
 
     # diffusers warns on every from_pipe about float32 modules it does not have.
     diffusers_logging.set_verbosity_error()
+    configure_audit_logging()
+    metrics = WorkerMetrics(model)
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_port)
     jobs = JobStore.from_url(settings.redis_url, settings.key_prefix)
     registry = WorkerRegistry(jobs, worker_id, model, ttl_s=settings.lease_ttl_s * 2)
     source = settings.model_sources[model]
@@ -57,13 +66,18 @@ def start_runtime(settings: Settings, model: ModelType, worker_id: str,
     registry.count("model_loads")
     renderer = ModelRenderer(loaded, settings.prompt_cache_size, settings.latent_cache_size)
     warm_s = warm_up(renderer)
+    metrics.load.labels(model.value).set(loaded.load_seconds)
+    metrics.warmup.labels(model.value).set(warm_s)
     registry.update(load_seconds=loaded.load_seconds, warmup_seconds=warm_s,
                     revision=loaded.source.revision, device=str(loaded.device))
     log.info("model %s loaded in %.2fs, warm-up %.2fs", loaded.source.revision,
              loaded.load_seconds, warm_s)
-    runner = JobRunner(settings, worker_id, jobs, open_store(settings), app, renderer)
+    hooks = HookSet([metrics, AuditHooks(worker_id, source, loaded.source.revision)])
+    runner = JobRunner(settings, worker_id, jobs, open_store(settings), app, renderer, hooks)
+    caches = {"prompt_embeds": renderer.prompt_cache, "latent_template": renderer.latent_cache}
+    metrics.watch(runner.current, caches, torch_gpu_memory)  # type: ignore[arg-type]
     liveness = Liveness(jobs, app, model, worker_id, runner.current, registry,
-                        settings.lease_ttl_s)
+                        settings.lease_ttl_s, health_path(model))
     liveness.recover()
     liveness.start()
-    return WorkerRuntime(model, runner, registry, liveness)
+    return WorkerRuntime(model, runner, registry, liveness, metrics)

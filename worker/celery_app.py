@@ -23,6 +23,7 @@ from common.queueing import TASK_NAMES, make_celery, model_for_queue
 from common.settings import Settings
 from worker.execute import JobRunner
 from worker.liveness import Liveness, WorkerRegistry
+from worker.metrics import WorkerMetrics
 
 log = logging.getLogger("zq.worker")
 EXIT_CANNOT_START = 78  # EX_CONFIG
@@ -40,6 +41,7 @@ class WorkerRuntime:
     runner: JobRunner
     registry: WorkerRegistry
     liveness: Liveness
+    metrics: WorkerMetrics
 
 
 _runtime: WorkerRuntime | None = None
@@ -86,7 +88,11 @@ def _boot(sender: str, instance: Any, **_: Any) -> None:
 
 @signals.worker_ready.connect
 def _ready(**_: Any) -> None:
-    runtime().registry.update(ready=1)
+    state = runtime()
+    state.registry.update(ready=1)
+    state.metrics.ready.labels(state.model.value).set(1)
+    state.liveness.ready = True
+    state.liveness.write_health()
     log.info("worker ready for %s", runtime().model.value)
 
 
@@ -94,6 +100,7 @@ def _ready(**_: Any) -> None:
 def _shutdown(**_: Any) -> None:
     if _runtime is not None:
         _runtime.registry.update(ready=0)
+        _runtime.metrics.ready.labels(_runtime.model.value).set(0)
         _runtime.liveness.stop()
 
 

@@ -20,6 +20,12 @@ def add_commands(commands: Any) -> None:
     worker.add_argument("--loglevel", default="INFO")
     worker.set_defaults(handler=run_worker)
 
+    health = commands.add_parser(
+        "health", help="probe this host's worker: exit 0 if alive (with --ready: and warm)")
+    health.add_argument("--model", required=True, choices=[m.value for m in ModelType])
+    health.add_argument("--ready", action="store_true", help="also require warm weights")
+    health.set_defaults(handler=probe_health)
+
     tiny = commands.add_parser("make-tiny-models",
                                help="write tiny random-weight checkpoints (tests, demos)")
     tiny.add_argument("directory", type=Path)
@@ -41,6 +47,26 @@ def run_worker(args: argparse.Namespace) -> int:
     from worker.celery_app import app
 
     app.worker_main(worker_argv(model, name, args.loglevel))
+    return 0
+
+
+def probe_health(args: argparse.Namespace) -> int:
+    """Read the worker's health file: 0 healthy, 1 not (with the reason on stdout)."""
+    from worker.health import health_path, read_health
+
+    path = health_path(ModelType(args.model))
+    health = read_health(path)
+    if health is None:
+        print(f"not alive: no health file at {path}")
+        return 1
+    if not health.alive():
+        print(f"not alive: last heartbeat {health.heartbeat:.0f}, pid {health.pid}")
+        return 1
+    if args.ready and not health.ready:
+        print(f"alive, not ready: {health.model} weights still loading")
+        return 1
+    job = f", running {health.current_job}" if health.current_job else ""
+    print(f"{'ready' if health.ready else 'alive'}: {health.model} worker pid {health.pid}{job}")
     return 0
 
 

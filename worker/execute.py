@@ -39,6 +39,7 @@ from common.queueing import publish_jobs
 from common.settings import Settings
 from common.status import JobRecord, JobStatus
 from common.storage import ObjectStore
+from worker.hooks import HookSet, JobOutcome
 from worker.manifest import build_manifest
 from worker.render import RenderInputs, RenderResult
 
@@ -81,13 +82,14 @@ class JobRunner:
     """Runs jobs for one worker process."""
 
     def __init__(self, settings: Settings, worker_id: str, jobs: JobStore, store: ObjectStore,
-                 app: Celery, renderer: JobRenderer) -> None:
+                 app: Celery, renderer: JobRenderer, hooks: HookSet | None = None) -> None:
         self.settings = settings
         self.worker_id = worker_id
         self.jobs = jobs
         self.store = store
         self.app = app
         self.renderer = renderer
+        self.hooks = hooks or HookSet()
         self.current = CurrentJob()
 
     def run(self, job_id: str) -> str:
@@ -101,44 +103,46 @@ class JobRunner:
         claim = self.jobs.claim(spec, self.worker_id, self.settings.lease_ttl_s,
                                 self.settings.max_deliveries)
         if claim == "poison":
-            self._fail(spec, PoisonJob(
-                f"delivered {self.settings.max_deliveries} times without finishing; parked"))
+            error = PoisonJob(
+                f"delivered {self.settings.max_deliveries} times without finishing; parked")
+            self._fail(spec, error)
+            self.hooks.finished(JobOutcome(record, JobStatus.FAILED, error=error))
             return "poison"
         if claim != "claimed":
             log.info("job %s not run here: %s", job_id, claim)
             return claim
         self.current.set(job_id)
         try:
-            return self._run_claimed(self.jobs.get(job_id))
+            record = self.jobs.get(job_id)
+            self.hooks.started(record)
+            outcome = self._run_claimed(record)
+            if outcome is None:
+                return "requeued"
+            self.hooks.finished(outcome)
+            return outcome.status.value
         finally:
             self.current.set(None)
 
-    def _run_claimed(self, record: JobRecord) -> str:
+    def _run_claimed(self, record: JobRecord) -> JobOutcome | None:
         spec = record.spec
+        timings: dict[str, float] = {}
+        result: RenderResult | None = None
         try:
-            timings: dict[str, float] = {}
             started = time.perf_counter()
             inputs, input_keys = self._inputs(spec)
             timings["load_inputs"] = time.perf_counter() - started
             result = self.renderer.render(spec, inputs, self._progress(spec))
             timings.update(result.timings_s)
-            self._store(record, result, input_keys, timings)
-            return "succeeded"
-        except JobCancelled as exc:
-            self._fail(spec, exc, JobStatus.CANCELLED)
-            return "cancelled"
-        except JobFailed as exc:
-            self._fail(spec, exc)
-            return "failed"
-        except InvalidJob as exc:
-            self._fail(spec, JobRejected(f"invalid for this worker's model: {exc}"))
-            return "failed"
+            image = self._store(record, result, input_keys, timings)
+            return JobOutcome(record, JobStatus.SUCCEEDED, timings, None, result.steps_run,
+                              image)
         except StorageError as exc:
-            return self._retry_later(spec, exc)
-        except Exception as exc:  # a bug or a GPU error must not take the worker down
-            log.exception("job %s crashed in the pipeline", spec.job_id)
-            self._fail(spec, WorkerError(f"worker error: {type(exc).__name__}: {exc}"))
-            return "failed"
+            self._retry_later(spec, exc)
+            return None
+        except Exception as exc:
+            error, status = _as_failure(exc, spec)
+            self._fail(spec, error, status)
+            return JobOutcome(record, status, timings, error)
 
     def _progress(self, spec: JobSpec) -> Callable[[int, int], bool]:
         deadline = time.monotonic() + self.settings.job_timeout_s
@@ -147,7 +151,9 @@ class JobRunner:
             if time.monotonic() > deadline:
                 raise JobTimedOut(f"timed out after {self.settings.job_timeout_s}s "
                                 f"at step {done} of {total}")
-            return self.jobs.report_progress(spec.job_id, done, total)
+            stop = self.jobs.report_progress(spec.job_id, done, total)
+            self.hooks.progressed(spec, done, total)
+            return stop
 
         return on_step
 
@@ -184,7 +190,8 @@ class JobRunner:
         return image
 
     def _store(self, record: JobRecord, result: RenderResult, input_keys: dict[str, str],
-               timings: dict[str, float]) -> None:
+               timings: dict[str, float]) -> str:
+        """Write image then manifest, finish the job, release its children; returns the key."""
         spec = record.spec
         started = time.perf_counter()
         buffer = io.BytesIO()
@@ -204,6 +211,7 @@ class JobRunner:
                                     width=str(width), height=str(height))
         released = [c for c in children or [] if self.jobs.release(self.jobs.get(c).spec)]
         publish_jobs(self.app, self.jobs, released)
+        return image
 
     def _fail(self, spec: JobSpec, error: JobFailed,
               status: JobStatus = JobStatus.FAILED) -> None:
@@ -213,10 +221,22 @@ class JobRunner:
         reason = ParentFailed(f"parent {word}: job {spec.job_id}: {error.reason}")
         self.jobs.fail_descendants(children or [], reason)
 
-    def _retry_later(self, spec: JobSpec, exc: StorageError) -> str:
+    def _retry_later(self, spec: JobSpec, exc: StorageError) -> None:
         """Storage trouble may pass: put the job back; the delivery count bounds retries."""
         log.warning("job %s hit a storage error, requeueing: %s", spec.job_id, exc)
         time.sleep(min(2.0 ** self.jobs.get(spec.job_id).deliveries, 30.0))
         if self.jobs.requeue(spec):
             publish_jobs(self.app, self.jobs, [spec.job_id])
-        return "requeued"
+
+
+def _as_failure(exc: Exception, spec: JobSpec) -> tuple[JobFailed, JobStatus]:
+    """The recorded reason for any exception a job raised."""
+    if isinstance(exc, JobCancelled):
+        return exc, JobStatus.CANCELLED
+    if isinstance(exc, JobFailed):
+        return exc, JobStatus.FAILED
+    if isinstance(exc, InvalidJob):
+        return JobRejected(f"invalid for this worker's model: {exc}"), JobStatus.FAILED
+    # A bug or a GPU error must not take the worker down.
+    log.error("job %s crashed in the pipeline", spec.job_id, exc_info=exc)
+    return WorkerError(f"worker error: {type(exc).__name__}: {exc}"), JobStatus.FAILED

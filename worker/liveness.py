@@ -15,6 +15,7 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 
 from celery import Celery
 
@@ -22,6 +23,7 @@ from common.job import ModelType
 from common.jobstore import JobStore
 from common.queueing import publish_jobs
 from worker.execute import CurrentJob
+from worker.health import Health, write_health
 
 log = logging.getLogger("zq.worker")
 
@@ -62,7 +64,8 @@ class Liveness(threading.Thread):
     """Renews the current job's lease and recovers lost jobs, every ``lease_ttl_s / 3``."""
 
     def __init__(self, jobs: JobStore, app: Celery, model: ModelType, worker_id: str,
-                 current: CurrentJob, registry: WorkerRegistry, lease_ttl_s: int) -> None:
+                 current: CurrentJob, registry: WorkerRegistry, lease_ttl_s: int,
+                 health_file: Path | None = None) -> None:
         super().__init__(name="zq-liveness", daemon=True)
         self.jobs = jobs
         self.app = app
@@ -71,17 +74,32 @@ class Liveness(threading.Thread):
         self.current = current
         self.registry = registry
         self.lease_ttl_s = lease_ttl_s
+        self.interval_s = max(lease_ttl_s / 3.0, 0.5)
+        self.health_file = health_file
+        self.ready = False
         self.stopping = threading.Event()
 
     def run(self) -> None:
         """Beat until stopped; an error in one beat is logged, never fatal."""
-        interval = max(self.lease_ttl_s / 3.0, 0.5)
         while not self.stopping.is_set():
+            self.write_health()
             try:
                 self.beat()
             except Exception:
                 log.exception("liveness beat failed; trying again")
-            self.stopping.wait(interval)
+            self.stopping.wait(self.interval_s)
+
+    def write_health(self) -> None:
+        """The local health file ``zq health`` reads (written even when Redis is away)."""
+        if self.health_file is None:
+            return
+        try:
+            write_health(self.health_file, Health(
+                pid=os.getpid(), model=self.model.value, ready=self.ready,
+                heartbeat=time.time(), current_job=self.current.get(),
+                interval_s=self.interval_s))
+        except OSError:
+            log.exception("cannot write the health file %s", self.health_file)
 
     def beat(self) -> None:
         """One round: lease, heartbeat, recovery."""
@@ -106,5 +124,7 @@ class Liveness(threading.Thread):
         return recovered + stale
 
     def stop(self) -> None:
-        """Stop beating (at worker shutdown)."""
+        """Stop beating (at worker shutdown) and say so in the health file."""
         self.stopping.set()
+        self.ready = False
+        self.write_health()

@@ -16,12 +16,14 @@ def build_parser() -> argparse.ArgumentParser:
     from producer.cli import add_commands as producer_commands
     from worker.cli import add_commands as worker_commands
     from zq.demo import add_command as demo_command
+    from zq.exporter import add_command as exporter_command
 
     parser = argparse.ArgumentParser(prog="zq", description="Z-Image job queue")
     commands = parser.add_subparsers(dest="command", required=True)
     producer_commands(commands)
     worker_commands(commands)
     demo_command(commands)
+    exporter_command(commands)
     return parser
 
 

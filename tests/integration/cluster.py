@@ -23,6 +23,7 @@ class WorkerProcess:
     name: str
     proc: subprocess.Popen[bytes]
     log: Path
+    health_dir: Path | None = None
 
     def log_text(self) -> str:
         """Everything the worker printed so far."""
@@ -51,13 +52,14 @@ class Cluster:
         self.logs.mkdir(parents=True, exist_ok=True)
         name = name or f"{model.value}-{len(self.workers)}@test"
         log = self.logs / f"{name}.log"
-        env = {**os.environ, **self.env, **(extra_env or {})}
+        health_dir = self.logs / f"{name}.health"
+        env = {**os.environ, **self.env, "ZQ_HEALTH_DIR": str(health_dir), **(extra_env or {})}
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "zq", "worker", "--model", model.value, "--name", name],
                 env=env, stdout=out, stderr=subprocess.STDOUT,
             )
-        worker = WorkerProcess(model, name, proc, log)
+        worker = WorkerProcess(model, name, proc, log, health_dir)
         self.workers.append(worker)
         if wait:
             self.wait_ready(worker)

@@ -76,6 +76,8 @@ def cluster_env(redis_server: RedisServer, rgw: RgwServer, bucket: str,
         "PYTHONUNBUFFERED": "1",
         # Several workers share 2 cores in tests; one thread each avoids oversubscription.
         "OMP_NUM_THREADS": "1",
+        # Tests that scrape metrics give each worker its own port.
+        "ZQ_METRICS_PORT": "0",
     }
 
 

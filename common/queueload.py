@@ -1,0 +1,126 @@
+"""How much work each model type has: what autoscaling and alerting should follow.
+
+Reads the broker as kombu lays it out on Redis: a queue is a list, plus one list per
+priority step (``<queue>\\x06\\x16<n>``); a message being worked on has left the list
+and sits in the ``unacked`` hash until it is acknowledged. So LLEN alone reads 0 while
+every GPU is busy: load is waiting + reserved (which includes running).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis
+
+from common.job import ModelType
+from common.queueing import PRIORITY_STEPS, queue_name
+
+KOMBU_PRIORITY_SEP = "\x06\x16"
+KOMBU_UNACKED = "unacked"
+
+
+@dataclass(frozen=True)
+class QueueLoad:
+    """One model type's queue, read at one moment."""
+
+    model: ModelType
+    waiting: int
+    reserved: int
+    running: int
+    oldest_waiting_s: float
+    workers: int
+    ready_workers: int
+
+    @property
+    def load(self) -> int:
+        """Jobs that need a worker now: waiting plus those held by a worker."""
+        return self.waiting + max(self.reserved, self.running)
+
+
+def priority_lists(model: ModelType) -> list[str]:
+    """Every Redis list holding waiting messages of the model's queue."""
+    queue = queue_name(model)
+    return [queue if step == 0 else f"{queue}{KOMBU_PRIORITY_SEP}{step}"
+            for step in PRIORITY_STEPS]
+
+
+def read_loads(client: redis.Redis, prefix: str = "zq",
+               now: float | None = None) -> list[QueueLoad]:
+    """The load of every model type's queue."""
+    now = time.time() if now is None else now
+    reserved = _reserved_by_queue(client)
+    loads = []
+    for model in ModelType:
+        lists = priority_lists(model)
+        pipe = client.pipeline(transaction=False)
+        for name in lists:
+            pipe.llen(name)
+        for name in lists:
+            pipe.lindex(name, -1)  # kombu pushes left and pops right: the oldest is last
+        pipe.scard(f"{prefix}:running:{model.value}")
+        pipe.smembers(f"{prefix}:workers:{model.value}")
+        results = pipe.execute()
+        lengths, tails = results[: len(lists)], results[len(lists): 2 * len(lists)]
+        running, worker_ids = results[-2], results[-1]
+        workers, ready = _workers(client, prefix, worker_ids)
+        loads.append(QueueLoad(
+            model=model, waiting=sum(int(n) for n in lengths),
+            reserved=reserved.get(queue_name(model), 0), running=int(running),
+            oldest_waiting_s=_oldest_age(client, prefix, tails, now),
+            workers=workers, ready_workers=ready))
+    return loads
+
+
+def _reserved_by_queue(client: redis.Redis) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for raw in cast(list[Any], client.hvals(KOMBU_UNACKED)):
+        try:
+            routing_key = str(json.loads(raw)[2])
+        except (ValueError, IndexError, TypeError):
+            continue
+        counts[routing_key] = counts.get(routing_key, 0) + 1
+    return counts
+
+
+def _oldest_age(client: redis.Redis, prefix: str, tails: list[Any], now: float) -> float:
+    oldest = now
+    for raw in tails:
+        job_id = _job_id(raw)
+        if job_id is None:
+            continue
+        queued_at = client.hget(f"{prefix}:job:{job_id}", "queued_at")
+        if queued_at:
+            oldest = min(oldest, float(queued_at))
+    return max(now - oldest, 0.0)
+
+
+def _job_id(raw: Any) -> str | None:
+    """The job id inside a Celery message, or None for anything else."""
+    if raw is None:
+        return None
+    try:
+        message = json.loads(raw)
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args, kwargs, _ = json.loads(body)
+        job_id = kwargs.get("job_id") or (args[0] if args else None)
+        return str(job_id) if job_id else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _workers(client: redis.Redis, prefix: str, worker_ids: Any) -> tuple[int, int]:
+    alive = ready = 0
+    for worker_id in worker_ids:
+        name = worker_id.decode() if isinstance(worker_id, bytes) else str(worker_id)
+        flag = client.hget(f"{prefix}:worker:{name}", "ready")
+        if flag is None:
+            continue  # its record expired: the worker stopped beating
+        alive += 1
+        ready += int(flag in ("1", b"1"))
+    return alive, ready

@@ -1,0 +1,153 @@
+"""Prometheus metrics of one worker process, served over HTTP on its own port.
+
+Names follow Prometheus conventions (``zq_..._total``, base units); labels are low
+cardinality: model type, job kind, status, phase, cache name. Never a job id or prompt.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from common.job import JobSpec, ModelType
+from common.status import JobRecord
+from worker.caches import LRUCache
+from worker.execute import CurrentJob
+from worker.hooks import JobOutcome
+
+# From a 16 px tiny-model step (~5 ms) to a 2048 px base-model job (many minutes).
+PHASE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                   120.0, 300.0, 600.0, 1800.0, 3600.0)
+PHASES = ("queue_wait", "load_inputs", "text_encode", "denoise", "vae_decode", "image_encode",
+          "upload")
+
+
+class WorkerMetrics:
+    """The metrics a worker exports; also the job hook that updates them."""
+
+    def __init__(self, model: ModelType, registry: CollectorRegistry | None = None) -> None:
+        self.model = model.value
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.jobs = Counter("zq_jobs", "Jobs that ended on this worker",
+                            ["model", "kind", "status"], registry=r)
+        self.failures = Counter("zq_job_failures", "Failed jobs by reason code",
+                                ["model", "code"], registry=r)
+        self.phase = Histogram("zq_job_phase_seconds", "Time a job spent in each phase",
+                               ["model", "phase"], buckets=PHASE_BUCKETS_S, registry=r)
+        self.duration = Histogram("zq_job_duration_seconds",
+                                  "Time from claim to end of a job on the worker",
+                                  ["model", "kind"], buckets=PHASE_BUCKETS_S, registry=r)
+        self.steps = Counter("zq_denoise_steps", "Denoising steps run", ["model"], registry=r)
+        self.steps_rate = Gauge("zq_denoise_steps_per_second",
+                                "Denoising speed of the last finished job", ["model"],
+                                registry=r)
+        self.load = Gauge("zq_model_load_seconds", "Seconds the model took to load",
+                          ["model"], registry=r)
+        self.warmup = Gauge("zq_model_warmup_seconds", "Seconds the warm-up render took",
+                            ["model"], registry=r)
+        self.ready = Gauge("zq_worker_ready", "1 once the weights are loaded and warm",
+                           ["model"], registry=r)
+        self.ready.labels(self.model).set(0)
+
+    def watch(self, current: CurrentJob, caches: dict[str, LRUCache[object, object]],
+              gpu_memory: Callable[[], dict[str, tuple[int, int]]]) -> None:
+        """Add the values read at scrape time: job age, cache counts, GPU memory."""
+        self.registry.register(_ScrapeTimeCollector(self.model, current, caches, gpu_memory))
+
+    def serve(self, port: int, address: str = "0.0.0.0") -> None:
+        """Serve ``/metrics`` on ``port`` from a background thread."""
+        start_http_server(port, addr=address, registry=self.registry)
+
+    # -- job hooks --------------------------------------------------------------
+    def started(self, record: JobRecord) -> None:
+        """Observe how long the job waited in the queue."""
+        if record.queued_at is not None and record.started_at is not None:
+            wait = max(record.started_at - record.queued_at, 0.0)
+            self.phase.labels(self.model, "queue_wait").observe(wait)
+
+    def progressed(self, spec: JobSpec, done: int, total: int) -> None:
+        """Count a denoising step."""
+        self.steps.labels(self.model).inc()
+
+    def finished(self, outcome: JobOutcome) -> None:
+        """Count the job, observe its phases and total duration."""
+        spec = outcome.record.spec
+        self.jobs.labels(self.model, spec.kind.value, outcome.status.value).inc()
+        if outcome.error is not None and outcome.status.value == "failed":
+            self.failures.labels(self.model, outcome.error.code).inc()
+        for phase, seconds in outcome.timings_s.items():
+            if phase in PHASES:
+                self.phase.labels(self.model, phase).observe(seconds)
+        started = outcome.record.started_at
+        if started is not None:
+            self.duration.labels(self.model, spec.kind.value).observe(
+                max(time.time() - started, 0.0))
+        denoise = outcome.timings_s.get("denoise")
+        if denoise and outcome.steps_run:
+            self.steps_rate.labels(self.model).set(outcome.steps_run / denoise)
+
+
+class _ScrapeTimeCollector(Collector):
+    """Values that are cheapest to read when Prometheus asks for them."""
+
+    def __init__(self, model: str, current: CurrentJob,
+                 caches: dict[str, LRUCache[object, object]],
+                 gpu_memory: Callable[[], dict[str, tuple[int, int]]]) -> None:
+        self.model = model
+        self.current = current
+        self.caches = caches
+        self.gpu_memory = gpu_memory
+
+    def collect(self) -> Iterator[Metric]:
+        age = GaugeMetricFamily("zq_job_in_progress_age_seconds",
+                                "Age of the job running now (0 when idle)", labels=["model"])
+        with self.current.lock:
+            running, since = self.current.job_id, self.current.started
+        age.add_metric([self.model], time.time() - since if running else 0.0)
+        yield age
+        requests = CounterMetricFamily("zq_cache_requests", "Cache lookups by result",
+                                       labels=["model", "cache", "result"])
+        for name, cache in self.caches.items():
+            requests.add_metric([self.model, name, "hit"], cache.hits)
+            requests.add_metric([self.model, name, "miss"], cache.misses)
+        yield requests
+        allocated = GaugeMetricFamily("zq_gpu_memory_allocated_bytes",
+                                      "GPU memory held by tensors", labels=["model", "device"])
+        reserved = GaugeMetricFamily("zq_gpu_memory_reserved_bytes",
+                                     "GPU memory reserved by the caching allocator",
+                                     labels=["model", "device"])
+        total = GaugeMetricFamily("zq_gpu_memory_total_bytes", "GPU memory on the device",
+                                  labels=["model", "device"])
+        for device, (used, held) in self.gpu_memory().items():
+            allocated.add_metric([self.model, device], used)
+            reserved.add_metric([self.model, device], held)
+        for device, size in gpu_totals().items():
+            total.add_metric([self.model, device], size)
+        yield allocated
+        yield reserved
+        yield total
+
+
+def torch_gpu_memory() -> dict[str, tuple[int, int]]:
+    """(allocated, reserved) bytes per visible CUDA device; empty without a GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    return {f"cuda:{i}": (torch.cuda.memory_allocated(i), torch.cuda.memory_reserved(i))
+            for i in range(torch.cuda.device_count())}
+
+
+def gpu_totals() -> dict[str, int]:
+    """Total memory per visible CUDA device; empty without a GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    return {f"cuda:{i}": torch.cuda.get_device_properties(i).total_memory
+            for i in range(torch.cuda.device_count())}
