@@ -42,6 +42,7 @@ class Settings:
     presign_expiry_s: int = 3600
     key_prefix: str = "zq"
     metrics_port: int = 9400
+    warmup_size_px: int = 64
     exporter_port: int = 9401
 
     @property
@@ -78,6 +79,7 @@ class Settings:
             presign_expiry_s=_int(env, "ZQ_PRESIGN_EXPIRY_S", base.presign_expiry_s, 1),
             key_prefix=env.get("ZQ_KEY_PREFIX", base.key_prefix),
             metrics_port=_int(env, "ZQ_METRICS_PORT", base.metrics_port, 0),
+            warmup_size_px=_int(env, "ZQ_WARMUP_SIZE_PX", base.warmup_size_px, 16),
             exporter_port=_int(env, "ZQ_EXPORTER_PORT", base.exporter_port, 1),
         )
 

@@ -48,6 +48,13 @@ def add_commands(commands: Any) -> None:
         _output_options(command)
         command.set_defaults(handler=handler)
 
+    replay = commands.add_parser(
+        "replay", help="re-run a finished job from its manifest; exit 0 if byte-identical")
+    replay.add_argument("job_id")
+    replay.add_argument("--timeout", type=float, default=3600.0)
+    replay.add_argument("--json", action="store_true", help="print JSON")
+    replay.set_defaults(handler=_replay)
+
     get = commands.add_parser("get", help="fetch a finished job's image")
     get.add_argument("job_id")
     get.add_argument("-o", "--output", type=Path, help="write the image here")
@@ -134,6 +141,20 @@ def _get(client: Client, args: argparse.Namespace) -> int:
     else:
         print(f"{args.job_id}: wrote {output} ({len(data)} bytes)")
     return EXIT_OK
+
+
+def _replay(client: Client, args: argparse.Namespace) -> int:
+    from producer.replay import replay
+
+    result = replay(client, args.job_id, args.timeout)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        verdict = "byte-identical" if result.identical else "DIFFERENT"
+        revision = ("same model revision" if result.same_revision else
+                    f"model revision {result.original_revision} -> {result.replay_revision}")
+        print(f"{result.job_id} replayed as {result.replay_id}: {verdict} ({revision})")
+    return EXIT_OK if result.identical else EXIT_JOB_FAILED
 
 
 def _follow(client: Client, job_id: str, args: argparse.Namespace) -> int:

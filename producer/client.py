@@ -12,6 +12,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from common.audit import audit_event
 from common.errors import InvalidJob, JobFailed, ParentFailed
 from common.job import JobKind, JobSpec, new_job
 from common.jobstore import JobStore
@@ -69,7 +70,10 @@ class Client:
         A queued job whose message was never sent (the submitter crashed in between)
         is published on resubmission.
         """
-        self.jobs.submit(spec)
+        outcome = self.jobs.submit(spec)
+        if outcome.created:
+            audit_event("submitted", spec, status=outcome.status.value,
+                        priority=spec.priority, tags=spec.tags)
         if self.jobs.is_unpublished(spec):
             publish_jobs(self.app, self.jobs, [spec.job_id])
         return JobHandle(spec.job_id, self)
@@ -168,7 +172,8 @@ class Client:
 
         Children waiting on a job cancelled before it ran fail with "parent cancelled".
         """
-        _, children = self.jobs.cancel(job_id)
+        found, children = self.jobs.cancel(job_id)
+        audit_event("cancel_requested", self.jobs.get(job_id).spec, found=found.value)
         self.jobs.fail_descendants(children, ParentFailed("parent cancelled"))
         return self.jobs.get(job_id).status
 

@@ -15,7 +15,7 @@ from common.jobstore import JobStore
 from common.settings import Settings
 from common.storage import open_store
 from worker.audit import AuditHooks
-from worker.execute import JobRunner
+from worker.execute import CurrentJob, JobRunner
 from worker.health import health_path
 from worker.hooks import HookSet
 from worker.liveness import Liveness, WorkerRegistry
@@ -37,9 +37,13 @@ class ModelRenderer(Renderer):
         return {**self.model.describe(), "versions": self.model.versions}
 
 
-def warm_up(renderer: Renderer) -> float:
-    """One small render so the first real job pays no first-call costs; returns seconds."""
-    side = renderer.model.size_multiple * 4
+def warm_up(renderer: Renderer, side_px: int) -> float:
+    """One render so the first real job pays no first-call costs; returns seconds.
+
+    Warming up at the size most jobs use also warms shape-specific kernels.
+    """
+    multiple = renderer.model.size_multiple
+    side = max(side_px - side_px % multiple, multiple)
     job = new_job(JobKind.GENERATE, prompt="warm-up", seed=0, steps=2, width=side, height=side,
                   model=ModelType.TURBO.value)
     started = time.perf_counter()
@@ -60,12 +64,18 @@ def start_runtime(settings: Settings, model: ModelType, worker_id: str,
         metrics.serve(settings.metrics_port)
     jobs = JobStore.from_url(settings.redis_url, settings.key_prefix)
     registry = WorkerRegistry(jobs, worker_id, model, ttl_s=settings.lease_ttl_s * 2)
+    current = CurrentJob()
+    # Beat (and write the health file, not ready) while the weights load: a probe must
+    # see a loading worker as alive, or Kubernetes restarts it mid-load.
+    liveness = Liveness(jobs, app, model, worker_id, current, registry, settings.lease_ttl_s,
+                        health_path(model))
+    liveness.start()
     source = settings.model_sources[model]
     log.info("loading %s model from %s", model.value, source)
     loaded = load_model(model, source, settings.device, settings.cpu_offload)
     registry.count("model_loads")
     renderer = ModelRenderer(loaded, settings.prompt_cache_size, settings.latent_cache_size)
-    warm_s = warm_up(renderer)
+    warm_s = warm_up(renderer, settings.warmup_size_px)
     metrics.load.labels(model.value).set(loaded.load_seconds)
     metrics.warmup.labels(model.value).set(warm_s)
     registry.update(load_seconds=loaded.load_seconds, warmup_seconds=warm_s,
@@ -73,11 +83,8 @@ def start_runtime(settings: Settings, model: ModelType, worker_id: str,
     log.info("model %s loaded in %.2fs, warm-up %.2fs", loaded.source.revision,
              loaded.load_seconds, warm_s)
     hooks = HookSet([metrics, AuditHooks(worker_id, source, loaded.source.revision)])
-    runner = JobRunner(settings, worker_id, jobs, open_store(settings), app, renderer, hooks)
+    runner = JobRunner(settings, worker_id, jobs, open_store(settings), app, renderer, hooks,
+                       current)
     caches = {"prompt_embeds": renderer.prompt_cache, "latent_template": renderer.latent_cache}
-    metrics.watch(runner.current, caches, torch_gpu_memory)  # type: ignore[arg-type]
-    liveness = Liveness(jobs, app, model, worker_id, runner.current, registry,
-                        settings.lease_ttl_s, health_path(model))
-    liveness.recover()
-    liveness.start()
+    metrics.watch(current, caches, torch_gpu_memory)  # type: ignore[arg-type]
     return WorkerRuntime(model, runner, registry, liveness, metrics)

@@ -82,7 +82,8 @@ class JobRunner:
     """Runs jobs for one worker process."""
 
     def __init__(self, settings: Settings, worker_id: str, jobs: JobStore, store: ObjectStore,
-                 app: Celery, renderer: JobRenderer, hooks: HookSet | None = None) -> None:
+                 app: Celery, renderer: JobRenderer, hooks: HookSet | None = None,
+                 current: CurrentJob | None = None) -> None:
         self.settings = settings
         self.worker_id = worker_id
         self.jobs = jobs
@@ -90,7 +91,7 @@ class JobRunner:
         self.app = app
         self.renderer = renderer
         self.hooks = hooks or HookSet()
-        self.current = CurrentJob()
+        self.current = current or CurrentJob()
 
     def run(self, job_id: str) -> str:
         """Run the job if this worker can claim it; returns what happened (for logs/tests)."""
