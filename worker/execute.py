@@ -127,7 +127,6 @@ class JobRunner:
     def _run_claimed(self, record: JobRecord) -> JobOutcome | None:
         spec = record.spec
         timings: dict[str, float] = {}
-        result: RenderResult | None = None
         try:
             started = time.perf_counter()
             inputs, input_keys = self._inputs(spec)
