@@ -19,7 +19,7 @@ from worker.execute import CurrentJob, JobRunner
 from worker.health import health_path
 from worker.hooks import HookSet
 from worker.liveness import Liveness, WorkerRegistry
-from worker.metrics import WorkerMetrics, torch_gpu_memory
+from worker.metrics import WorkerMetrics, gpu_memory_of
 from worker.models import load_model
 from worker.render import Renderer, RenderInputs
 
@@ -86,5 +86,5 @@ def start_runtime(settings: Settings, model: ModelType, worker_id: str,
     runner = JobRunner(settings, worker_id, jobs, open_store(settings), app, renderer, hooks,
                        current)
     caches = {"prompt_embeds": renderer.prompt_cache, "latent_template": renderer.latent_cache}
-    metrics.watch(current, caches, torch_gpu_memory)  # type: ignore[arg-type]
+    metrics.watch(current, caches, gpu_memory_of(loaded.device))  # type: ignore[arg-type]
     return WorkerRuntime(model, runner, registry, liveness, metrics)

@@ -13,8 +13,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from common.job import JobSpec, ModelType
-from common.status import JobRecord
+from common.job import JobKind, JobSpec, ModelType
+from common.status import TERMINAL, JobRecord
 from worker.caches import LRUCache
 from worker.execute import CurrentJob
 from worker.hooks import JobOutcome
@@ -53,9 +53,18 @@ class WorkerMetrics:
         self.ready = Gauge("zq_worker_ready", "1 once the weights are loaded and warm",
                            ["model"], registry=r)
         self.ready.labels(self.model).set(0)
+        # Series that exist from the start: rate() cannot see a job counted before
+        # Prometheus first scraped its series.
+        for kind in JobKind:
+            self.duration.labels(self.model, kind.value)
+            for status in TERMINAL:
+                self.jobs.labels(self.model, kind.value, status.value)
+        for phase in PHASES:
+            self.phase.labels(self.model, phase)
+        self.steps.labels(self.model)
 
     def watch(self, current: CurrentJob, caches: dict[str, LRUCache[object, object]],
-              gpu_memory: Callable[[], dict[str, tuple[int, int]]]) -> None:
+              gpu_memory: Callable[[], dict[str, tuple[int, int, int]]]) -> None:
         """Add the values read at scrape time: job age, cache counts, GPU memory."""
         self.registry.register(_ScrapeTimeCollector(self.model, current, caches, gpu_memory))
 
@@ -97,7 +106,7 @@ class _ScrapeTimeCollector(Collector):
 
     def __init__(self, model: str, current: CurrentJob,
                  caches: dict[str, LRUCache[object, object]],
-                 gpu_memory: Callable[[], dict[str, tuple[int, int]]]) -> None:
+                 gpu_memory: Callable[[], dict[str, tuple[int, int, int]]]) -> None:
         self.model = model
         self.current = current
         self.caches = caches
@@ -123,31 +132,28 @@ class _ScrapeTimeCollector(Collector):
                                      labels=["model", "device"])
         total = GaugeMetricFamily("zq_gpu_memory_total_bytes", "GPU memory on the device",
                                   labels=["model", "device"])
-        for device, (used, held) in self.gpu_memory().items():
+        for device, (used, held, size) in self.gpu_memory().items():
             allocated.add_metric([self.model, device], used)
             reserved.add_metric([self.model, device], held)
-        for device, size in gpu_totals().items():
             total.add_metric([self.model, device], size)
         yield allocated
         yield reserved
         yield total
 
 
-def torch_gpu_memory() -> dict[str, tuple[int, int]]:
-    """(allocated, reserved) bytes per visible CUDA device; empty without a GPU."""
+def gpu_memory_of(device: object) -> Callable[[], dict[str, tuple[int, int, int]]]:
+    """A reader of (allocated, reserved, total) bytes for the worker's own CUDA device.
+
+    Only the device the worker renders on: several workers share a node's GPUs.
+    """
     import torch
 
-    if not torch.cuda.is_available():
-        return {}
-    return {f"cuda:{i}": (torch.cuda.memory_allocated(i), torch.cuda.memory_reserved(i))
-            for i in range(torch.cuda.device_count())}
+    def read() -> dict[str, tuple[int, int, int]]:
+        if not isinstance(device, torch.device) or device.type != "cuda":
+            return {}
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        total = torch.cuda.get_device_properties(index).total_memory
+        return {f"cuda:{index}": (torch.cuda.memory_allocated(index),
+                                  torch.cuda.memory_reserved(index), total)}
 
-
-def gpu_totals() -> dict[str, int]:
-    """Total memory per visible CUDA device; empty without a GPU."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return {}
-    return {f"cuda:{i}": torch.cuda.get_device_properties(i).total_memory
-            for i in range(torch.cuda.device_count())}
+    return read
