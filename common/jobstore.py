@@ -17,9 +17,11 @@ from typing import cast
 
 import redis
 
+from common.batches import BatchStore
 from common.errors import JobConflict, JobNotFound, ParentFailed
 from common.job import JobSpec, ModelType
 from common.status import TERMINAL, JobRecord, JobStatus
+from common.webhooks import WebhookOutbox, validate_webhook_url
 
 _TERMINAL_LUA = "{" + ", ".join(f"['{s.value}']=true" for s in TERMINAL) + "}"
 
@@ -149,6 +151,8 @@ class JobStore:
         self._release = client.register_script(_RELEASE)
         self._requeue = client.register_script(_REQUEUE)
         self._cancel = client.register_script(_CANCEL)
+        self.batches = BatchStore(client, prefix)
+        self.outbox = WebhookOutbox(client, prefix)
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "zq") -> JobStore:
@@ -231,7 +235,31 @@ class JobStore:
         found, *children = cast(list[str], self._cancel(keys=keys, args=[time.time(), job_id]))
         if found == "unknown":
             raise JobNotFound(f"job {job_id} is not known")
-        return JobStatus(found), sorted(children)
+        status = JobStatus(found)
+        if not status.terminal and status is not JobStatus.RUNNING:
+            self._ended(job_id)
+        return status, sorted(children)
+
+    def set_webhook(self, job_id: str, url: str) -> None:
+        """Call ``url`` when the job ends (once; delivered by ``zq webhooks``)."""
+        self.redis.hset(self.job_key(job_id), "webhook", validate_webhook_url(url))
+
+    def _ended(self, job_id: str) -> None:
+        """A job reached a terminal status: settle its batches, queue due webhooks.
+
+        Runs on workers too: a few Redis calls, never an HTTP request.
+        """
+        for batch_id in self.batches.job_ended(job_id):
+            self.batch_finished(batch_id)
+        url = self.redis.hget(self.job_key(job_id), "webhook")
+        if url:
+            self.outbox.enqueue("job", job_id, cast(str, url))
+
+    def batch_finished(self, batch_id: str) -> None:
+        """Queue the batch's webhook, if it named one."""
+        url = self.batches.meta(batch_id).get("webhook")
+        if url:
+            self.outbox.enqueue("batch", batch_id, str(url))
 
     # -- worker side ----------------------------------------------------------
     def claim(self, spec: JobSpec, worker_id: str, lease_ttl_s: int, max_deliveries: int) -> str:
@@ -269,6 +297,7 @@ class JobStore:
         children = self._finish(keys=keys, args=args)
         if children is None:
             return None
+        self._ended(spec.job_id)
         return sorted(cast(list[str], children))
 
     def release(self, spec: JobSpec) -> bool:

@@ -87,11 +87,12 @@ def make_celery(settings: Settings, name: str = "zq") -> Celery:
     return app
 
 
-def publish(app: Celery, spec: JobSpec) -> None:
+def publish(app: Celery, spec: JobSpec, priority: int | None = None) -> None:
     """Send the message that says "job X is ready" to its model type's queue.
 
     The message carries only the job id: the record in Redis holds the spec, and
-    images travel as storage keys, never inside messages.
+    images travel as storage keys, never inside messages. ``priority`` overrides the
+    spec's (priority aging).
     """
     queue = queue_name(spec.model)
     app.send_task(
@@ -99,7 +100,7 @@ def publish(app: Celery, spec: JobSpec) -> None:
         kwargs={"job_id": spec.job_id},
         queue=queue,
         routing_key=queue,
-        priority=broker_priority(spec.priority),
+        priority=broker_priority(spec.priority if priority is None else priority),
     )
 
 

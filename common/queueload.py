@@ -89,7 +89,7 @@ def _reserved_by_queue(client: redis.Redis) -> dict[str, int]:
 def _oldest_age(client: redis.Redis, prefix: str, tails: list[Any], now: float) -> float:
     oldest = now
     for raw in tails:
-        job_id = _job_id(raw)
+        job_id = message_job_id(raw)
         if job_id is None:
             continue
         queued_at = client.hget(f"{prefix}:job:{job_id}", "queued_at")
@@ -98,7 +98,7 @@ def _oldest_age(client: redis.Redis, prefix: str, tails: list[Any], now: float) 
     return max(now - oldest, 0.0)
 
 
-def _job_id(raw: Any) -> str | None:
+def message_job_id(raw: Any) -> str | None:
     """The job id inside a Celery message, or None for anything else."""
     if raw is None:
         return None

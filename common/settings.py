@@ -43,6 +43,7 @@ class Settings:
     key_prefix: str = "zq"
     metrics_port: int = 9400
     warmup_size_px: int = 64
+    max_wait_s: int = 3600
     exporter_port: int = 9401
 
     @property
@@ -80,6 +81,7 @@ class Settings:
             key_prefix=env.get("ZQ_KEY_PREFIX", base.key_prefix),
             metrics_port=_int(env, "ZQ_METRICS_PORT", base.metrics_port, 0),
             warmup_size_px=_int(env, "ZQ_WARMUP_SIZE_PX", base.warmup_size_px, 16),
+            max_wait_s=_int(env, "ZQ_MAX_WAIT_S", base.max_wait_s, 0),
             exporter_port=_int(env, "ZQ_EXPORTER_PORT", base.exporter_port, 1),
         )
 

@@ -17,6 +17,8 @@ EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE = 0, 1, 2
 
 def add_commands(commands: Any) -> None:
     """Register the producer subcommands on an argparse subparsers object."""
+    from producer.batch_cli import add_command as batch_command
+
     generate = commands.add_parser("generate", help="text to image (turbo by default)")
     generate.add_argument("prompt")
     _job_options(generate)
@@ -61,6 +63,7 @@ def add_commands(commands: Any) -> None:
     get.add_argument("--url", action="store_true", help="print a presigned URL instead")
     _output_options(get)
     get.set_defaults(handler=_get)
+    batch_command(commands)
 
 
 def _job_options(parser: argparse.ArgumentParser) -> None:

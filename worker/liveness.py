@@ -19,6 +19,7 @@ from pathlib import Path
 
 from celery import Celery
 
+from common.aging import promote_overdue
 from common.job import ModelType
 from common.jobstore import JobStore
 from common.queueing import publish_jobs
@@ -65,7 +66,7 @@ class Liveness(threading.Thread):
 
     def __init__(self, jobs: JobStore, app: Celery, model: ModelType, worker_id: str,
                  current: CurrentJob, registry: WorkerRegistry, lease_ttl_s: int,
-                 health_file: Path | None = None) -> None:
+                 health_file: Path | None = None, max_wait_s: int = 0) -> None:
         super().__init__(name="zq-liveness", daemon=True)
         self.jobs = jobs
         self.app = app
@@ -76,6 +77,7 @@ class Liveness(threading.Thread):
         self.lease_ttl_s = lease_ttl_s
         self.interval_s = max(lease_ttl_s / 3.0, 0.5)
         self.health_file = health_file
+        self.max_wait_s = max_wait_s
         self.ready = False
         self.stopping = threading.Event()
 
@@ -121,6 +123,10 @@ class Liveness(threading.Thread):
                 recovered.append(job_id)
         stale = self.jobs.needs_publish(self.model, older_than_s=self.lease_ttl_s)
         publish_jobs(self.app, self.jobs, recovered + [j for j in stale if j not in recovered])
+        if self.max_wait_s:
+            for job_id in promote_overdue(self.jobs, self.app, self.model, self.max_wait_s):
+                log.info("job %s waited over %ss: promoted to the top priority", job_id,
+                         self.max_wait_s)
         return recovered + stale
 
     def stop(self) -> None:

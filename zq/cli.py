@@ -14,6 +14,7 @@ EXIT_USAGE = 2
 def build_parser() -> argparse.ArgumentParser:
     """The full ``zq`` parser."""
     from producer.cli import add_commands as producer_commands
+    from producer.webhooks import add_command as webhooks_command
     from worker.cli import add_commands as worker_commands
     from zq.demo import add_command as demo_command
     from zq.exporter import add_command as exporter_command
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker_commands(commands)
     demo_command(commands)
     exporter_command(commands)
+    webhooks_command(commands)
     return parser
 
 

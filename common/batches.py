@@ -1,0 +1,120 @@
+"""Batch records in Redis: which jobs a batch holds, and noticing, once, that it finished.
+
+A batch is a named set of jobs (the rows of a catalogue manifest, the variants of a
+campaign period). Jobs are content-addressed, so one job may belong to several batches
+and a finished job is never paid for twice. Each batch keeps the set of its jobs that
+have not ended; when the last one ends after the batch was sealed (all rows added),
+exactly one caller learns that the batch finished.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis
+
+from common.status import TERMINAL
+
+_TERMINAL_LUA = "{" + ", ".join(f"['{s.value}']=true" for s in TERMINAL) + "}"
+
+# KEYS: job, pending set, job's batch set. ARGV: batch id, job id
+# Adds a job to a batch; a job that already ended is not pending.
+_ADD = f"""
+local terminal = {_TERMINAL_LUA}
+redis.call('SADD', KEYS[3], ARGV[1])
+local status = redis.call('HGET', KEYS[1], 'status')
+if status and terminal[status] then return 0 end
+redis.call('SADD', KEYS[2], ARGV[2])
+return 1
+"""
+
+# KEYS: batch hash, pending set. ARGV: job id or '' (seal). Returns 1 when the batch
+# finished now (sealed, nothing pending, not reported before).
+_SETTLE = """
+if ARGV[1] ~= '' then redis.call('SREM', KEYS[2], ARGV[1]) else
+  redis.call('HSET', KEYS[1], 'sealed', 1) end
+if redis.call('HGET', KEYS[1], 'sealed') ~= '1' then return 0 end
+if redis.call('SCARD', KEYS[2]) > 0 then return 0 end
+if redis.call('HSETNX', KEYS[1], 'finished_at', ARGV[2]) == 0 then return 0 end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    """One manifest row of a batch and the job it became (or why it did not)."""
+
+    line: int
+    sku: str
+    job_id: str | None
+    error: str | None = None
+
+
+class BatchStore:
+    """Batch records beside the job records (same Redis, same key prefix)."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "zq") -> None:
+        self.redis = client
+        self.prefix = prefix
+        self._add = client.register_script(_ADD)
+        self._settle = client.register_script(_SETTLE)
+
+    def _key(self, batch_id: str, part: str = "") -> str:
+        return f"{self.prefix}:batch:{batch_id}{part}"
+
+    def _job_batches(self, job_id: str) -> str:
+        return f"{self.prefix}:jobbatches:{job_id}"
+
+    def create(self, batch_id: str, meta: dict[str, Any]) -> bool:
+        """Record a batch; False if it existed (a re-run of the same batch)."""
+        created = bool(self.redis.hsetnx(self._key(batch_id), "meta",
+                                         json.dumps(meta, sort_keys=True)))
+        if created:
+            self.redis.hset(self._key(batch_id), "created_at", time.time())
+        return created
+
+    def exists(self, batch_id: str) -> bool:
+        """Whether a batch with that id was ever created."""
+        return bool(self.redis.exists(self._key(batch_id)))
+
+    def meta(self, batch_id: str) -> dict[str, Any]:
+        """What the batch was created with (source, defaults, webhook...)."""
+        raw = self.redis.hget(self._key(batch_id), "meta")
+        return cast(dict[str, Any], json.loads(cast(str, raw))) if raw else {}
+
+    def add_row(self, batch_id: str, row: BatchRow) -> None:
+        """Record a row; a row with a job joins the batch's pending set unless it ended."""
+        payload = json.dumps({"line": row.line, "sku": row.sku, "job_id": row.job_id,
+                              "error": row.error})
+        self.redis.hset(self._key(batch_id, ":rows"), str(row.line), payload)
+        if row.job_id is not None:
+            keys = [f"{self.prefix}:job:{row.job_id}", self._key(batch_id, ":pending"),
+                    self._job_batches(row.job_id)]
+            self._add(keys=keys, args=[batch_id, row.job_id])
+
+    def rows(self, batch_id: str) -> list[BatchRow]:
+        """Every recorded row, in manifest order."""
+        raw = cast(dict[str, str], self.redis.hgetall(self._key(batch_id, ":rows")))
+        rows = [BatchRow(**json.loads(value)) for value in raw.values()]
+        return sorted(rows, key=lambda row: row.line)
+
+    def seal(self, batch_id: str) -> bool:
+        """Mark every row added; True if that finished the batch (all its jobs had ended)."""
+        return self._settle_one(batch_id, "")
+
+    def job_ended(self, job_id: str) -> list[str]:
+        """Tell every batch holding ``job_id`` that it ended; returns the batches it finished."""
+        batches = cast(set[str], self.redis.smembers(self._job_batches(job_id)))
+        return sorted(b for b in batches if self._settle_one(b, job_id))
+
+    def _settle_one(self, batch_id: str, job_id: str) -> bool:
+        keys = [self._key(batch_id), self._key(batch_id, ":pending")]
+        return bool(self._settle(keys=keys, args=[job_id, time.time()]))
+
+    def finished_at(self, batch_id: str) -> float | None:
+        """When the batch's last job ended, or None while it runs."""
+        value = self.redis.hget(self._key(batch_id), "finished_at")
+        return float(cast(str, value)) if value else None

@@ -1,0 +1,321 @@
+"""``zq webhooks``: the dispatcher that calls completion webhooks, and their signature.
+
+Workers only record that a webhook is owed (:class:`common.webhooks.WebhookOutbox`);
+this light process (no torch) makes the HTTP calls, so a slow or dead receiver never
+holds a GPU. Each call is a JSON POST::
+
+    {"event": "batch.finished", "id": "<subject id>", "delivery_attempt": 1,
+     "data": {...the subject's results manifest...}}
+
+with headers ``X-Zq-Event``, ``X-Zq-Delivery`` (the same id on every retry of one
+delivery: receivers drop repeats by it) and ``X-Zq-Signature``.
+
+Verifying a webhook (receivers)
+-------------------------------
+``X-Zq-Signature: t=<unix time>,v1=<hex>`` where ``<hex>`` is the HMAC-SHA256, keyed
+with the shared secret (``ZQ_WEBHOOK_SECRET``), of the bytes ``b"<t>." + raw body``.
+Check it against the raw request body, before parsing the JSON, with
+:func:`verify` or its equivalent: recompute, compare in constant time, and refuse a
+``t`` more than a few minutes from now (that stops a captured request being replayed
+later). Several ``v1=`` entries may appear; any one matching is enough.
+
+Any 2xx answer acknowledges the delivery. Anything else, a timeout or a connection
+error is retried with exponential backoff and jitter, up to ``max_attempts``; then
+the delivery is given up and recorded as failed (and logged on ``zq.audit``).
+Redirects are not followed. URLs are logged as ``scheme://host[:port]`` only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import hmac
+import json
+import logging
+import os
+import random
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from common.audit import audit_log, configure_audit_logging
+from common.errors import ConfigError
+from common.status import JobStatus
+from common.webhooks import Delivery, WebhookOutbox, redact_url
+
+if TYPE_CHECKING:
+    from producer.client import Client
+
+log = logging.getLogger("zq.webhooks")
+
+SIGNATURE_HEADER = "X-Zq-Signature"
+SECRET_ENV = "ZQ_WEBHOOK_SECRET"
+USER_AGENT = "zq-webhooks/1"
+_MAX_ERROR_CHARS = 300
+
+BodyBuilder = Callable[["Client", str], dict[str, Any]]
+
+
+# -- signing -------------------------------------------------------------------
+def sign(secret: bytes, body: bytes, timestamp: int) -> str:
+    """The ``X-Zq-Signature`` value for ``body`` sent at ``timestamp`` (unix seconds)."""
+    digest = hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+def verify(secret: bytes, body: bytes, header: str, tolerance_s: float = 300,
+           now: float | None = None) -> bool:
+    """Whether ``header`` is a valid signature of the raw ``body`` under ``secret``.
+
+    False for a malformed header, a wrong signature (tampered body, other secret) or
+    a timestamp more than ``tolerance_s`` from ``now`` (a replay).
+    """
+    timestamp: int | None = None
+    candidates: list[str] = []
+    for part in header.split(","):
+        name, sep, value = part.strip().partition("=")
+        if not sep:
+            return False
+        if name == "t":
+            try:
+                timestamp = int(value)
+            except ValueError:
+                return False
+        elif name == "v1":
+            candidates.append(value)
+    if timestamp is None or not candidates:
+        return False
+    now = time.time() if now is None else now
+    if abs(now - timestamp) > tolerance_s:
+        return False
+    expected = sign(secret, body, timestamp).rpartition("v1=")[2]
+    return any(hmac.compare_digest(expected, candidate) for candidate in candidates)
+
+
+# -- sending -------------------------------------------------------------------
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A 3xx is an answer, not an acknowledgement: never re-send the body elsewhere."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+class Dispatcher:
+    """Sends due webhooks from an outbox; any number may run on one outbox at once."""
+
+    def __init__(self, outbox: WebhookOutbox, body_for: Callable[[Delivery], dict[str, Any]],
+                 secret: bytes, timeout_s: float = 10.0, max_attempts: int = 8,
+                 backoff_base_s: float = 2.0, backoff_max_s: float = 600.0,
+                 lease_s: float | None = None, rng: random.Random | None = None) -> None:
+        if not secret:
+            raise ConfigError("a webhook secret is required")
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        self.outbox = outbox
+        self.body_for = body_for
+        self.secret = secret
+        self.timeout_s = timeout_s
+        self.max_attempts = max_attempts
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        # urllib's timeout is per socket operation, so a trickling receiver can hold a
+        # call longer than timeout_s; the lease leaves room before another dispatcher
+        # may take the delivery again.
+        self.lease_s = lease_s if lease_s is not None else max(60.0, timeout_s * 6)
+        self._rng = rng or random.Random()
+        self._opener = urllib.request.build_opener(_NoRedirects)
+
+    def backoff_s(self, attempt: int) -> float:
+        """Delay after failed attempt ``attempt`` (1-based): doubling, jittered, capped."""
+        ceiling = min(self.backoff_max_s, self.backoff_base_s * 2 ** min(attempt - 1, 60))
+        return self._rng.uniform(ceiling / 2, ceiling)
+
+    def run_once(self) -> int:
+        """Make one attempt at every delivery due now; returns how many were attempted.
+
+        Retries scheduled meanwhile wait for a later call, even when already due.
+        """
+        started = time.time()
+        attempted = 0
+        while (delivery := self.outbox.claim_next(self.lease_s, due_by=started)) is not None:
+            self.attempt(delivery)
+            attempted += 1
+        return attempted
+
+    def run_forever(self, poll_s: float = 1.0, stop: threading.Event | None = None) -> None:
+        """Dispatch until ``stop`` is set, resting ``poll_s`` when nothing was due."""
+        stop = stop or threading.Event()
+        while not stop.is_set():
+            try:
+                busy = self.run_once() > 0
+            except redis.RedisError as exc:
+                log.warning("webhooks: redis unavailable, retrying: %s", exc)
+                busy = False
+            if not busy:
+                stop.wait(poll_s)
+
+    def attempt(self, delivery: Delivery) -> bool:
+        """Make one claimed attempt and record its outcome; True if acknowledged."""
+        if delivery.attempts > self.max_attempts:
+            self._give_up(delivery, "max attempts reached", None)
+            return False
+        try:
+            data = self.body_for(delivery)
+            body = self._body(delivery, data)
+        except Exception as exc:  # a builder's bug or a missing subject: retried
+            return self._failed(delivery, _short(f"body: {type(exc).__name__}: {exc}"), None)
+        status, error = self._post(delivery, body)
+        if error is None:
+            self.outbox.delivered(delivery, status or 0)
+            _audit("webhook_delivered", delivery, status_code=status)
+            return True
+        return self._failed(delivery, error, status)
+
+    def _body(self, delivery: Delivery, data: dict[str, Any]) -> bytes:
+        message = {"event": f"{delivery.kind}.finished", "id": delivery.subject_id,
+                   "delivery_attempt": delivery.attempts, "data": data}
+        return json.dumps(message, sort_keys=True, separators=(",", ":"),
+                          default=str).encode()
+
+    def _post(self, delivery: Delivery, body: bytes) -> tuple[int | None, str | None]:
+        """POST ``body``; (status code, None) if acknowledged, else (code or None, error)."""
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            "X-Zq-Event": f"{delivery.kind}.finished",
+            "X-Zq-Delivery": delivery.delivery_id,
+            SIGNATURE_HEADER: sign(self.secret, body, int(time.time())),
+        }
+        request = urllib.request.Request(delivery.url, data=body, headers=headers,
+                                         method="POST")
+        try:
+            with self._opener.open(request, timeout=self.timeout_s) as response:
+                status = int(response.status)
+                response.read(64 * 1024)
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            return exc.code, f"HTTP {exc.code}"
+        except urllib.error.URLError as exc:
+            return None, _short(f"connection: {exc.reason}")
+        except TimeoutError:
+            return None, f"timed out after {self.timeout_s}s"
+        except Exception as exc:  # OSError, http.client.HTTPException and the like
+            return None, _short(f"{type(exc).__name__}: {exc}")
+        if 200 <= status < 300:
+            return status, None
+        return status, f"HTTP {status}"
+
+    def _failed(self, delivery: Delivery, error: str, status: int | None) -> bool:
+        if delivery.attempts >= self.max_attempts:
+            self._give_up(delivery, error, status)
+            return False
+        delay = self.backoff_s(delivery.attempts)
+        log.warning("webhook %s %s to %s: attempt %d failed (%s); retry in %.1fs",
+                    delivery.kind, delivery.subject_id, redact_url(delivery.url),
+                    delivery.attempts, error, delay)
+        self.outbox.retry_later(delivery, error, delay, status)
+        return False
+
+    def _give_up(self, delivery: Delivery, error: str, status: int | None) -> None:
+        if self.outbox.give_up(delivery, error, status):
+            _audit("webhook_failed", delivery, error=error, status_code=status)
+
+
+def _audit(event: str, delivery: Delivery, **fields: Any) -> None:
+    record = {"ts": round(time.time(), 6), "event": event, "subject_kind": delivery.kind,
+              "subject_id": delivery.subject_id, "delivery_id": delivery.delivery_id,
+              "attempts": delivery.attempts, "target": redact_url(delivery.url), **fields}
+    audit_log.info(json.dumps(record, sort_keys=True, default=str))
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 3] + "..."
+
+
+# -- bodies ----------------------------------------------------------------------
+def job_body(client: Client, job_id: str) -> dict[str, Any]:
+    """A single job's webhook data: its public record, plus a presigned ``url`` if it succeeded.
+
+    Built at each attempt, so a retry carries a fresh (unexpired) URL.
+    """
+    record = client.status(job_id)
+    data = record.to_public()
+    if record.status is JobStatus.SUCCEEDED and record.image is not None:
+        data["url"] = client.url(job_id)
+    return data
+
+
+def batch_body(client: Client, batch_id: str) -> dict[str, Any]:
+    """A finished batch's webhook data: counts and the results manifest, fresh URLs."""
+    from producer.batch import Batches
+
+    batches = Batches(client)
+    results = batches.results(batch_id)
+    counts: dict[str, int] = {}
+    for result in results:
+        counts[result.status] = counts.get(result.status, 0) + 1
+    return {"batch_id": batch_id, "finished_at": batches.store.finished_at(batch_id),
+            "counts": counts, "results": [dataclasses.asdict(r) for r in results]}
+
+
+BODY_BUILDERS: dict[str, BodyBuilder] = {"job": job_body, "batch": batch_body}
+"""Webhook data per subject kind; a kind without a builder sends just its kind and id."""
+
+
+def body_from_registry(client: Client) -> Callable[[Delivery], dict[str, Any]]:
+    """The ``body_for`` the CLI uses: the kind's builder from ``BODY_BUILDERS``."""
+
+    def body_for(delivery: Delivery) -> dict[str, Any]:
+        builder = BODY_BUILDERS.get(delivery.kind)
+        if builder is None:
+            return {"kind": delivery.kind, "id": delivery.subject_id}
+        return builder(client, delivery.subject_id)
+
+    return body_for
+
+
+def secret_from_env(env: dict[str, str] | None = None) -> bytes:
+    """``ZQ_WEBHOOK_SECRET`` as bytes; ``ConfigError`` if it is missing or empty."""
+    value = (os.environ if env is None else env).get(SECRET_ENV, "")
+    if not value:
+        raise ConfigError(f"{SECRET_ENV} must be set: the shared secret webhooks are "
+                          "signed with (receivers verify X-Zq-Signature with it)")
+    return value.encode()
+
+
+# -- command line ----------------------------------------------------------------
+def add_command(commands: Any) -> None:
+    """Register ``zq webhooks``."""
+    command = commands.add_parser(
+        "webhooks", help="send completion webhooks (signed with ZQ_WEBHOOK_SECRET)")
+    command.add_argument("--poll", type=float, default=1.0, help="seconds between idle polls")
+    command.add_argument("--timeout", type=float, default=10.0, help="seconds per HTTP call")
+    command.add_argument("--max-attempts", type=int, default=8)
+    command.add_argument("--backoff-base", type=float, default=2.0, help="first retry delay")
+    command.add_argument("--backoff-max", type=float, default=600.0, help="longest delay")
+    command.add_argument("--once", action="store_true", help="send what is due, then exit")
+    command.set_defaults(handler=run_webhooks)
+
+
+def run_webhooks(client: Client, args: argparse.Namespace) -> int:
+    """Run the dispatcher with the client's settings (``zq`` passes a producer client)."""
+    secret = secret_from_env()
+    configure_audit_logging()
+    outbox = WebhookOutbox(client.jobs.redis, client.settings.key_prefix)
+    dispatcher = Dispatcher(outbox, body_from_registry(client), secret,
+                            timeout_s=args.timeout, max_attempts=args.max_attempts,
+                            backoff_base_s=args.backoff_base, backoff_max_s=args.backoff_max)
+    if args.once:
+        print(f"zq webhooks: {dispatcher.run_once()} attempted", flush=True)
+        return 0
+    print("zq webhooks: dispatching", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        dispatcher.run_forever(args.poll)
+    return 0

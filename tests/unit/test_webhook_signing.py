@@ -1,0 +1,114 @@
+"""Webhook signatures (HMAC-SHA256 over timestamp and body), URL rules and redaction."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import random
+from typing import cast
+
+import pytest
+
+from common.errors import ConfigError, InvalidJob
+from common.webhooks import WebhookOutbox, redact_url, validate_webhook_url
+from producer.webhooks import Dispatcher, secret_from_env, sign, verify
+
+SECRET = b"whsec-test"
+BODY = b'{"event":"batch.finished","id":"b1"}'
+NOW = 1_700_000_000
+
+
+def test_signature_is_hmac_sha256_of_timestamp_dot_body() -> None:
+    header = sign(SECRET, BODY, NOW)
+    expected = hmac.new(SECRET, f"{NOW}.".encode() + BODY, hashlib.sha256).hexdigest()
+    assert header == f"t={NOW},v1={expected}"
+
+
+def test_round_trip_verifies() -> None:
+    assert verify(SECRET, BODY, sign(SECRET, BODY, NOW), now=NOW)
+    assert verify(SECRET, BODY, sign(SECRET, BODY, NOW), now=NOW + 299)
+
+
+def test_tampered_body_is_rejected() -> None:
+    header = sign(SECRET, BODY, NOW)
+    assert not verify(SECRET, BODY.replace(b"b1", b"b2"), header, now=NOW)
+    assert not verify(SECRET, BODY + b" ", header, now=NOW)
+
+
+def test_wrong_secret_is_rejected() -> None:
+    assert not verify(b"another-secret", BODY, sign(SECRET, BODY, NOW), now=NOW)
+
+
+def test_stale_or_future_timestamp_is_rejected() -> None:
+    header = sign(SECRET, BODY, NOW)
+    assert not verify(SECRET, BODY, header, tolerance_s=300, now=NOW + 301)
+    assert not verify(SECRET, BODY, header, tolerance_s=300, now=NOW - 301)
+    assert verify(SECRET, BODY, header, tolerance_s=1000, now=NOW + 301)
+
+
+def test_moving_the_timestamp_breaks_the_signature() -> None:
+    digest = sign(SECRET, BODY, NOW).partition(",v1=")[2]
+    assert not verify(SECRET, BODY, f"t={NOW + 100},v1={digest}", now=NOW + 100)
+
+
+@pytest.mark.parametrize("header", [
+    "", "garbage", f"t={NOW}", "v1=abc", f"t=soon,v1={'0' * 64}", f"t={NOW},v1",
+])
+def test_malformed_headers_are_rejected(header: str) -> None:
+    assert not verify(SECRET, BODY, header, now=NOW)
+
+
+def test_any_matching_v1_is_enough_for_secret_rotation() -> None:
+    old = sign(b"old-secret", BODY, NOW).partition(",v1=")[2]
+    new = sign(SECRET, BODY, NOW).partition(",v1=")[2]
+    assert verify(SECRET, BODY, f"t={NOW},v1={old},v1={new}", now=NOW)
+    assert not verify(SECRET, BODY, f"t={NOW},v1={old}", now=NOW)
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:8080/hook",
+    "https://hooks.example.com/zq?token=abc",
+    "HTTPS://Example.COM",
+    "http://[::1]:9000/x",
+])
+def test_http_and_https_urls_are_accepted(url: str) -> None:
+    assert validate_webhook_url(url) == url
+
+
+@pytest.mark.parametrize("url", [
+    "", "example.com/hook", "ftp://example.com/hook", "file:///etc/passwd",
+    "javascript:alert(1)", "http://", "https:///path-only", "http://user:pw@example.com/",
+    "http://example.com:notaport/", "http://exa mple.com/", "http://example.com/\nx",
+    "http://example.com/" + "a" * 2048,
+])
+def test_other_urls_are_refused_naming_the_field(url: str) -> None:
+    with pytest.raises(InvalidJob) as caught:
+        validate_webhook_url(url)
+    assert caught.value.field == "webhook"
+    assert "http(s) URL" in caught.value.limit
+
+
+def test_redaction_keeps_scheme_host_and_port_only() -> None:
+    assert redact_url("https://hooks.example.com/services/T0/B0/SECRET?token=t0k") == \
+        "https://hooks.example.com"
+    assert redact_url("http://127.0.0.1:8080/x?y=z") == "http://127.0.0.1:8080"
+    assert redact_url("http://[::1]:9000/x") == "http://[::1]:9000"
+
+
+def test_backoff_doubles_with_jitter_and_is_capped() -> None:
+    outbox = cast(WebhookOutbox, object())  # backoff never touches the outbox
+    dispatcher = Dispatcher(outbox, lambda d: {}, SECRET, backoff_base_s=2.0,
+                            backoff_max_s=600.0, rng=random.Random(7))
+    for attempt, ceiling in [(1, 2.0), (2, 4.0), (3, 8.0), (9, 512.0), (10, 600.0),
+                             (200, 600.0)]:
+        delays = [dispatcher.backoff_s(attempt) for _ in range(50)]
+        assert all(ceiling / 2 <= d <= ceiling for d in delays)
+        assert len(set(delays)) > 1  # jittered, so retries of many deliveries spread out
+
+
+def test_secret_is_required() -> None:
+    with pytest.raises(ConfigError, match="ZQ_WEBHOOK_SECRET"):
+        secret_from_env({})
+    with pytest.raises(ConfigError, match="ZQ_WEBHOOK_SECRET"):
+        secret_from_env({"ZQ_WEBHOOK_SECRET": ""})
+    assert secret_from_env({"ZQ_WEBHOOK_SECRET": "s3"}) == b"s3"
