@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from common.errors import JobNotFound
@@ -98,3 +100,24 @@ def test_more_urgent_job_overtakes_queued_ones(cluster: Cluster, client: Client)
     records = [h.wait(60) for h in [*bulk, urgent]]
     first = min(records, key=lambda r: r.started_at or 0.0)
     assert first.spec.job_id == urgent.job_id
+
+
+def test_overdue_bulk_job_is_promoted_so_it_is_not_starved(cluster: Cluster,
+                                                           client: Client) -> None:
+    cluster.start(ModelType.TURBO, extra_env={"ZQ_MAX_WAIT_S": "1"})
+    blocker = client.generate("keeps the worker busy", width=1024, height=1024, steps=150)
+    deadline = time.monotonic() + 60
+    while blocker.status().step < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    bulk = client.generate("bulk", width=32, height=32, priority=0)
+    while "promoted_at" not in client.jobs.redis.hgetall(client.jobs.job_key(bulk.job_id)):
+        assert time.monotonic() < deadline, "the overdue job was never promoted"
+        time.sleep(0.1)
+    urgent = [client.generate(f"urgent {i}", width=32, height=32, priority=9) for i in range(3)]
+    client.cancel(blocker.job_id)
+    records = [h.wait(60) for h in [bulk, *urgent]]
+    assert all(r.status is JobStatus.SUCCEEDED for r in records)
+    bulk_start = records[0].started_at or 0.0
+    assert all(bulk_start < (r.started_at or 0.0) for r in records[1:])
+    assert records[0].deliveries == 1  # its original message was dropped, not run again
