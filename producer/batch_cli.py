@@ -13,6 +13,7 @@ from typing import Any, TextIO
 from common.status import TERMINAL
 from producer.batch import Batches, RowResult, write_results
 from producer.client import Client
+from producer.contact_sheet import Tile, contact_sheet
 
 DONE = {s.value for s in TERMINAL} | {"invalid"}
 DEFAULT_OPTIONS = ("prompt", "model", "width", "height", "strength", "steps", "guidance",
@@ -40,6 +41,8 @@ def add_command(commands: Any) -> None:
     batch.add_argument("--no-wait", action="store_true", help="submit and return")
     batch.add_argument("--timeout", type=float, default=86400.0)
     batch.add_argument("--json", action="store_true", help="status: print JSON")
+    batch.add_argument("--sheet", type=Path,
+                       help="write a contact sheet PNG of the finished images, captioned by SKU")
     batch.set_defaults(handler=run)
 
 
@@ -67,8 +70,12 @@ def _submit(batches: Batches, manifest: Path, args: argparse.Namespace) -> int:
         return 0
     results = follow(batches, submission.batch_id, args.timeout, sys.stderr)
     path = args.results or manifest.with_name(f"{manifest.stem}.results.csv")
-    write_results(batches.results(submission.batch_id), path)
+    final = batches.results(submission.batch_id)
+    write_results(final, path)
     print(f"results: {path}", file=sys.stderr)
+    if args.sheet:
+        write_sheet(batches, final, args.sheet)
+        print(f"contact sheet: {args.sheet}", file=sys.stderr)
     print(submission.batch_id)
     return 0 if all(r.status == "succeeded" for r in results) else 1
 
@@ -111,11 +118,26 @@ def _progress_line(counts: Counter[str], finished: int, total: int, elapsed_s: f
     return f"[{bar}] {finished}/{total} ended ({parts}) ETA {eta}"
 
 
+def write_sheet(batches: Batches, results: list[RowResult], path: Path,
+                limit: int = 400) -> int:
+    """A contact sheet of the batch's finished images (the first ``limit``); returns how many."""
+    done = [r for r in results if r.status == "succeeded" and r.image][:limit]
+    if not done:
+        return 0
+    tiles = [Tile(batches.client.store.get(r.image or ""), f"{r.sku} (line {r.line})")
+             for r in done]
+    path.write_bytes(contact_sheet(tiles, thumb_px=160, columns=8, caption_lines=2))
+    return len(tiles)
+
+
 def _status(batches: Batches, batch_id: str, args: argparse.Namespace) -> int:
     results = batches.results(batch_id)
     counts = Counter(r.status for r in results)
     if args.results:
         write_results(results, args.results)
+    if args.sheet:
+        print(f"contact sheet: {args.sheet} ({write_sheet(batches, results, args.sheet)} "
+              "images)", file=sys.stderr)
     if args.json:
         print(json.dumps({"batch_id": batch_id, "rows": len(results), "counts": counts,
                           "finished_at": batches.store.finished_at(batch_id)}))

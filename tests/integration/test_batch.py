@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import signal
 import subprocess
@@ -105,6 +106,15 @@ def test_manifest_with_bad_rows_interrupted_and_resumed(cluster: Cluster, client
     assert cluster.record(worker)["jobs_done"] == "195"
     received = worker.log_text().count("Task zq.edit[")  # "received" and "succeeded" lines
     assert 195 <= received // 2 <= 196
+
+    # From any machine: status by batch id, with a contact sheet to look at.
+    sheet = tmp_path / "sheet.png"
+    status = zq_batch(cluster, "status", batch_id, "--json", "--sheet", str(sheet))
+    out, err = status.communicate(timeout=120)
+    assert json.loads(out)["counts"] == {"succeeded": 195, "invalid": 5}, err
+    with Image.open(sheet) as picture:
+        columns, rows = 8, -(-195 // 8)
+        assert picture.width > columns * 160 and picture.height > rows * 160
 
 
 def test_conversation_turn_overtakes_queued_bulk_work(cluster: Cluster, client: Client,
