@@ -244,6 +244,10 @@ class JobStore:
         """Call ``url`` when the job ends (once; delivered by ``zq webhooks``)."""
         self.redis.hset(self.job_key(job_id), "webhook", validate_webhook_url(url))
 
+    def notify_ended(self, job_id: str) -> None:
+        """Settle batches and webhooks of a job that is already terminal."""
+        self._ended(job_id)
+
     def _ended(self, job_id: str) -> None:
         """A job reached a terminal status: settle its batches, queue due webhooks.
 

@@ -21,6 +21,7 @@ from common.queueing import make_celery, publish_jobs
 from common.settings import Settings
 from common.status import JobRecord, JobStatus
 from common.storage import ObjectStore, open_store
+from common.webhooks import validate_webhook_url
 
 ImageInput = str | Path | bytes
 """A local file path, raw image bytes, or (as a ``str`` not naming a file) a storage key."""
@@ -64,33 +65,44 @@ class Client:
         return cls(Settings.from_env())
 
     # -- submitting ----------------------------------------------------------
-    def submit(self, spec: JobSpec) -> JobHandle:
+    def submit(self, spec: JobSpec, webhook: str | None = None) -> JobHandle:
         """Record and enqueue a built spec. Submitting the same spec again is a no-op.
 
         A queued job whose message was never sent (the submitter crashed in between)
-        is published on resubmission.
+        is published on resubmission. ``webhook`` is called once when the job ends.
         """
+        if webhook is not None:
+            validate_webhook_url(webhook)
         outcome = self.jobs.submit(spec)
         if outcome.created:
             audit_event("submitted", spec, status=outcome.status.value,
                         priority=spec.priority, tags=spec.tags)
+        if webhook is not None:
+            # Set before the message goes out, so the job cannot end without it.
+            self.jobs.set_webhook(spec.job_id, webhook)
+            if outcome.status.terminal:  # e.g. its parent had already failed
+                self.jobs.notify_ended(spec.job_id)
         if self.jobs.is_unpublished(spec):
             publish_jobs(self.app, self.jobs, [spec.job_id])
         return JobHandle(spec.job_id, self)
 
-    def generate(self, prompt: str, **options: Any) -> JobHandle:
+    def generate(self, prompt: str, webhook: str | None = None, **options: Any) -> JobHandle:
         """Text to image (turbo unless ``model`` says otherwise). Returns at once."""
-        return self.submit(new_job(JobKind.GENERATE, prompt=prompt, **options))
+        return self.submit(new_job(JobKind.GENERATE, prompt=prompt, **options), webhook)
 
     def edit(self, prompt: str, parent: str | None = None, image: ImageInput | None = None,
-             mask: ImageInput | None = None, **options: Any) -> JobHandle:
+             mask: ImageInput | None = None, webhook: str | None = None,
+             **options: Any) -> JobHandle:
         """Change a parent job's image or a source image; ``mask`` white = may change."""
-        return self.submit(self._child_spec(JobKind.EDIT, prompt, parent, image, mask, options))
+        spec = self._child_spec(JobKind.EDIT, prompt, parent, image, mask, options)
+        return self.submit(spec, webhook)
 
     def refine(self, parent: str | None = None, prompt: str | None = None,
-               image: ImageInput | None = None, **options: Any) -> JobHandle:
+               image: ImageInput | None = None, webhook: str | None = None,
+               **options: Any) -> JobHandle:
         """Redraw at high quality on the base model; the prompt defaults to the parent's."""
-        return self.submit(self._child_spec(JobKind.REFINE, prompt, parent, image, None, options))
+        spec = self._child_spec(JobKind.REFINE, prompt, parent, image, None, options)
+        return self.submit(spec, webhook)
 
     def _child_spec(self, kind: JobKind, prompt: str | None, parent: str | None,
                     image: ImageInput | None, mask: ImageInput | None,

@@ -187,3 +187,34 @@ def test_finished_batch_posts_one_signed_webhook(cluster: Cluster, client: Clien
         _, err = dispatcher.communicate(timeout=30)
         receiver.stop()
     assert secret not in err and "token=" not in err
+
+
+def test_single_job_webhook_is_delivered_once(cluster: Cluster, client: Client) -> None:
+    from producer.webhooks import verify
+    from tests.integration.test_webhooks import Receiver
+
+    receiver = Receiver()
+    env = {**os.environ, **cluster.env, "ZQ_WEBHOOK_SECRET": "s3cret-job"}
+    dispatcher = subprocess.Popen([sys.executable, "-m", "zq", "webhooks", "--poll", "0.1"],
+                                  env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+    try:
+        cluster.start(ModelType.TURBO)
+        job = client.generate("a kite", width=32, height=32, webhook=receiver.url)
+        assert job.wait(60).status is JobStatus.SUCCEEDED
+        deadline = time.monotonic() + 30
+        while not receiver.received():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        time.sleep(0.5)
+        posts = receiver.received()
+        assert len(posts) == 1
+        assert verify(b"s3cret-job", posts[0].body, posts[0].headers["x-zq-signature"])
+        data = posts[0].json["data"]
+        assert (posts[0].json["event"], data["job_id"], data["status"]) == (
+            "job.finished", job.job_id, "succeeded")
+        assert data["url"]
+    finally:
+        dispatcher.terminate()
+        dispatcher.wait(30)
+        receiver.stop()
