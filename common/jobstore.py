@@ -261,9 +261,10 @@ class JobStore:
 
     def batch_finished(self, batch_id: str) -> None:
         """Queue the batch's webhook, if it named one."""
-        url = self.batches.meta(batch_id).get("webhook")
-        if url:
-            self.outbox.enqueue("batch", batch_id, str(url))
+        meta = self.batches.meta(batch_id)
+        if meta.get("webhook"):
+            kind = str(meta.get("webhook_kind") or "batch")
+            self.outbox.enqueue(kind, batch_id, str(meta["webhook"]))
 
     # -- worker side ----------------------------------------------------------
     def claim(self, spec: JobSpec, worker_id: str, lease_ttl_s: int, max_deliveries: int) -> str:

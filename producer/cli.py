@@ -18,6 +18,7 @@ EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE = 0, 1, 2
 def add_commands(commands: Any) -> None:
     """Register the producer subcommands on an argparse subparsers object."""
     from producer.batch_cli import add_command as batch_command
+    from producer.campaign_cli import add_commands as campaign_commands
 
     generate = commands.add_parser("generate", help="text to image (turbo by default)")
     generate.add_argument("prompt")
@@ -64,6 +65,7 @@ def add_commands(commands: Any) -> None:
     _output_options(get)
     get.set_defaults(handler=_get)
     batch_command(commands)
+    campaign_commands(commands)
 
 
 def _job_options(parser: argparse.ArgumentParser) -> None:

@@ -265,7 +265,8 @@ def batch_body(client: Client, batch_id: str) -> dict[str, Any]:
             "counts": counts, "results": [dataclasses.asdict(r) for r in results]}
 
 
-BODY_BUILDERS: dict[str, BodyBuilder] = {"job": job_body, "batch": batch_body}
+BODY_BUILDERS: dict[str, BodyBuilder] = {
+    "job": job_body, "batch": batch_body, "campaign_run": batch_body}
 """Webhook data per subject kind; a kind without a builder sends just its kind and id."""
 
 

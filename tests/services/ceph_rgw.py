@@ -8,18 +8,16 @@ daemons is off; S3 clients still sign with SigV4 against the access/secret key c
 
 from __future__ import annotations
 
-import ctypes
 import shutil
-import signal
-import socket
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from zq.processes import free_port, process_gone, spawn
 
 # fmt: off
 REQUIRED_BINARIES = (
@@ -122,7 +120,7 @@ def start_rgw(workdir: Path, *, memstore_bytes: int = 1 << 30) -> RgwServer:
     d = Path(workdir).resolve() / "ceph"
     for sub in ("run", "log", "mon/a", "osd/0", "rgw"):
         (d / sub).mkdir(parents=True, exist_ok=True)
-    mon_port, rgw_port = _free_port(), _free_port()
+    mon_port, rgw_port = free_port(), free_port()
     fsid = str(uuid.uuid4())
     conf = d / "ceph.conf"
     # fmt: off
@@ -156,12 +154,6 @@ def start_rgw(workdir: Path, *, memstore_bytes: int = 1 << 30) -> RgwServer:
         raise
     server.startup_s = time.monotonic() - t0
     return server
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _log_tails(d: Path, lines: int = 25) -> str:
@@ -198,35 +190,8 @@ def _ceph(d: Path, conf_args: list[str], args: list[str]) -> str:
     return _run(d, cmd, timeout=CLI_TIMEOUT_S + 5)
 
 
-def _preexec() -> None:
-    # Daemons die with the process that started them (e.g. a SIGKILLed pytest).
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 def _spawn(d: Path, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
-    out = (d / "log" / f"{name}.stdout.log").open("ab")
-    # PDEATHSIG fires when the *thread* that forked exits, so only use it from the main thread.
-    main = threading.current_thread() is threading.main_thread()
-    try:
-        return subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            preexec_fn=_preexec if main else None,
-        )
-    finally:
-        out.close()
-
-
-def _proc_gone(pid: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return any(
-        line.startswith("State:") and "Z" in line.split()[1:2] for line in status.splitlines()
-    )
+    return spawn(cmd, d / "log" / f"{name}.stdout.log")
 
 
 def _kill(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
@@ -236,7 +201,7 @@ def _kill(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
         proc.wait(timeout)  # reaps our child, so no zombie is left behind
     except subprocess.TimeoutExpired:
         deadline = time.monotonic() + timeout
-        while not _proc_gone(proc.pid):
+        while not process_gone(proc.pid):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{proc.args[0]} (pid {proc.pid}) survived SIGKILL") from None
             time.sleep(0.02)

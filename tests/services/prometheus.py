@@ -7,13 +7,9 @@ The first scrape lands ~5 s after start whatever the interval, so use :meth:`wai
 
 from __future__ import annotations
 
-import ctypes
 import json
 import shutil
-import signal
-import socket
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -22,6 +18,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from zq.processes import free_port, process_gone, spawn
 
 START_TIMEOUT_S = 30.0
 HTTP_TIMEOUT_S = 10.0
@@ -145,7 +143,7 @@ def start_prometheus(workdir: Path, targets: Mapping[str, Sequence[str]],
            f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle",
            "--storage.tsdb.retention.time=1d", "--log.level=warn"]
     try:
-        server.proc = _spawn(d / "prometheus.log", cmd)
+        server.proc = spawn(cmd, d / "prometheus.log")
         _wait_ready(server)
     except BaseException:
         server.stop(keep_files=True)  # leave the log for a post-mortem
@@ -168,26 +166,6 @@ def _config(targets: Mapping[str, Sequence[str]], interval_s: float,
     return json.dumps(config, indent=2) + "\n"
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (for the targets Prometheus scrapes)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _preexec() -> None:
-    # Prometheus dies with the process that started it (e.g. a SIGKILLed pytest).
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _spawn(log: Path, cmd: list[str]) -> subprocess.Popen[bytes]:
-    # PDEATHSIG fires when the *thread* that forked exits, so only use it from the main thread.
-    main = threading.current_thread() is threading.main_thread()
-    with log.open("ab") as out:
-        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                preexec_fn=_preexec if main else None)
-
-
 def _wait_ready(server: PrometheusServer) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -205,16 +183,6 @@ def _wait_ready(server: PrometheusServer) -> None:
                        f"{server.log_text()[-4000:]}")
 
 
-def _proc_gone(pid: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return any(
-        line.startswith("State:") and "Z" in line.split()[1:2] for line in status.splitlines()
-    )
-
-
 def _kill(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     """SIGTERM (Prometheus exits in well under a second), then SIGKILL; reap it."""
     if proc.poll() is None:
@@ -227,7 +195,7 @@ def _kill(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
         proc.wait(timeout)  # reaps our child, so no zombie is left behind
     except subprocess.TimeoutExpired:
         deadline = time.monotonic() + timeout
-        while not _proc_gone(proc.pid):
+        while not process_gone(proc.pid):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"prometheus (pid {proc.pid}) survived SIGKILL") from None
             time.sleep(0.02)
