@@ -60,6 +60,9 @@ def run(client: Client, args: argparse.Namespace) -> int:
 
 def _submit(batches: Batches, manifest: Path, args: argparse.Namespace) -> int:
     defaults = {n: getattr(args, n) for n in DEFAULT_OPTIONS if getattr(args, n) is not None}
+    if "mask" in defaults and Path(defaults["mask"]).is_file():
+        # Row paths are relative to the manifest; a command-line path to the working dir.
+        defaults["mask"] = str(Path(defaults["mask"]).resolve())
     submission = batches.submit(manifest, defaults, args.webhook, args.batch_id)
     print(f"batch {submission.batch_id}: {submission.jobs} jobs, "
           f"{len(submission.errors)} rows refused", file=sys.stderr)
