@@ -30,7 +30,8 @@ from common.job import JobKind, JobSpec, ModelType, new_job
 from worker.boot import warm_up
 from worker.caches import latent_shape
 from worker.models import LoadedModel, load_model
-from worker.render import Renderer, RenderInputs
+from worker.render import Renderer
+from worker.results import RenderInputs
 from worker.tiny_models import TINY_MODEL_SEEDS, make_tiny_checkpoint
 
 

@@ -36,7 +36,8 @@ from queue_overhead import WORKER, make_jobs, start_worker
 from common.job import ModelType
 from worker.boot import warm_up
 from worker.models import load_model
-from worker.render import Renderer, RenderInputs
+from worker.render import Renderer
+from worker.results import RenderInputs
 from worker.tiny_models import TINY_MODEL_SEEDS, make_tiny_checkpoint
 
 IMPORTS = ("import time; t = time.perf_counter(); import worker.models, worker.render; "

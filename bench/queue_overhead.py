@@ -49,7 +49,8 @@ def in_process(checkpoint: Path, jobs: list[JobSpec]) -> tuple[float, list[dict[
     """Wall seconds for rendering ``jobs`` on one warm Renderer, and each job's timings."""
     from worker.boot import warm_up
     from worker.models import load_model
-    from worker.render import Renderer, RenderInputs
+    from worker.render import Renderer
+    from worker.results import RenderInputs
 
     renderer = Renderer(load_model(ModelType.TURBO, str(checkpoint), "cpu"))
     warm_up(renderer)

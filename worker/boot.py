@@ -21,7 +21,8 @@ from worker.hooks import HookSet
 from worker.liveness import Liveness, WorkerRegistry
 from worker.metrics import WorkerMetrics, gpu_memory_of
 from worker.models import load_model
-from worker.render import Renderer, RenderInputs
+from worker.render import Renderer
+from worker.results import RenderInputs
 
 if TYPE_CHECKING:
     from worker.celery_app import WorkerRuntime

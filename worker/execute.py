@@ -41,7 +41,7 @@ from common.status import JobRecord, JobStatus
 from common.storage import ObjectStore
 from worker.hooks import HookSet, JobOutcome
 from worker.manifest import build_manifest
-from worker.render import RenderInputs, RenderResult
+from worker.results import RenderInputs, RenderResult
 
 log = logging.getLogger("zq.worker")
 

@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from common.status import JobRecord
-from worker.render import RenderResult
+from worker.results import RenderResult
 
 MANIFEST_VERSION = 1
 

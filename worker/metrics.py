@@ -15,9 +15,9 @@ from prometheus_client.registry import Collector
 
 from common.job import JobKind, JobSpec, ModelType
 from common.status import TERMINAL, JobRecord
-from worker.caches import LRUCache
 from worker.execute import CurrentJob
 from worker.hooks import JobOutcome
+from worker.lru import LRUCache
 
 # From a 16 px tiny-model step (~5 ms) to a 2048 px base-model job (many minutes).
 PHASE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -13,27 +12,10 @@ from common.errors import InputImageError, InvalidJob, JobCancelled
 from common.job import JobKind, JobSpec
 from worker.caches import LRUCache, latent_shape, make_latent_template
 from worker.models import LoadedModel, ProgressCallback
+from worker.results import RenderInputs, RenderResult
 
 PromptKey = tuple[str, str, bool]
 Embeds = tuple[list[torch.Tensor], list[torch.Tensor]]
-
-
-@dataclass(frozen=True)
-class RenderInputs:
-    """The decoded images a job starts from (already fetched from storage)."""
-
-    image: Image.Image | None = None
-    mask: Image.Image | None = None
-
-
-@dataclass
-class RenderResult:
-    """The picture, its final latents (before VAE decode) and phase timings."""
-
-    image: Image.Image
-    latents: torch.Tensor
-    timings_s: dict[str, float] = field(default_factory=dict)
-    steps_run: int = 0
 
 
 class Renderer:

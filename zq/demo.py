@@ -13,6 +13,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -79,13 +80,32 @@ def prepare(out: Path) -> Environment:
 def start_workers(environment: Environment, logs: Path) -> list[subprocess.Popen[bytes]]:
     """One real worker process per model type, as ``zq worker`` starts them."""
     logs.mkdir(parents=True, exist_ok=True)
+    # Three workers share this machine: no metrics ports to collide on.
+    env = {**environment.env, "ZQ_METRICS_PORT": "0"}
     workers = []
     for model in ModelType:
-        log = (logs / f"worker-{model.value}.log").open("wb")
-        workers.append(subprocess.Popen(
-            [sys.executable, "-m", "zq", "worker", "--model", model.value],
-            env=environment.env, stdout=log, stderr=subprocess.STDOUT))
+        with (logs / f"worker-{model.value}.log").open("wb") as log:
+            workers.append(subprocess.Popen(
+                [sys.executable, "-m", "zq", "worker", "--model", model.value],
+                env=env, stdout=log, stderr=subprocess.STDOUT))
     return workers
+
+
+def wait_all(client: Client, job_ids: list[str], workers: list[subprocess.Popen[bytes]],
+             logs: Path, timeout_s: float) -> list[JobRecord]:
+    """Wait for every job; stop early, pointing at the log, if a worker process died."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = [client.status(job_id) for job_id in job_ids]
+        if all(r.status.terminal for r in records):
+            return records
+        for model, worker in zip(ModelType, workers, strict=True):
+            if worker.poll() is not None:
+                raise RuntimeError(f"the {model.value} worker exited with {worker.returncode}; "
+                                   f"see {logs / f'worker-{model.value}.log'}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"jobs not finished after {timeout_s}s; see the logs in {logs}")
+        time.sleep(0.2)
 
 
 def left_third_mask(side: int) -> bytes:
@@ -116,7 +136,8 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"submitted {len(chat.turns)} turns of conversation {chat.conversation_id}; "
               "starting workers")
         workers = start_workers(environment, out / "logs")
-        records = [client.wait(turn.job_id, args.timeout) for turn in chat.turns]
+        records = wait_all(client, [t.job_id for t in chat.turns], workers, out / "logs",
+                           args.timeout)
     finally:
         for worker in workers:
             worker.terminate()

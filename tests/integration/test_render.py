@@ -13,7 +13,8 @@ from PIL import Image
 from common.errors import JobCancelled
 from common.job import JobKind, ModelType, new_job
 from worker.models import load_model
-from worker.render import Renderer, RenderInputs
+from worker.render import Renderer
+from worker.results import RenderInputs
 from zq.demo import left_third_mask
 
 SIDE = 64

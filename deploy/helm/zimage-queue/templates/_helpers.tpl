@@ -1,0 +1,137 @@
+{{/* Chart name. */}}
+{{- define "zq.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Release-qualified name, at most 63 characters. */}}
+{{- define "zq.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Labels on every object. */}}
+{{- define "zq.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "zq.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: zimage-queue
+{{- end -}}
+
+{{/* Selector labels of one component: (dict "root" $ "component" "exporter"). */}}
+{{- define "zq.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "zq.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "zq.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{- define "zq.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "zq.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "zq.redisHost" -}}
+{{- printf "%s-redis" (include "zq.fullname" .) -}}
+{{- end -}}
+
+{{/* A worker type's settings: workerDefaults overridden by workers.<type>. */}}
+{{- define "zq.worker" -}}
+{{- $spec := index .root.Values.workers .type -}}
+{{- toYaml (mustMergeOverwrite (deepCopy .root.Values.workerDefaults) (deepCopy $spec)) -}}
+{{- end -}}
+
+{{/* Grace period after SIGTERM: longer than the slowest job. (dict "root" $ "w" $w) */}}
+{{- define "zq.gracePeriod" -}}
+{{- $timeout := int .root.Values.config.jobTimeoutS -}}
+{{- $grace := .w.terminationGracePeriodSeconds | default (add $timeout 300) | int -}}
+{{- if le $grace $timeout -}}
+{{- fail (printf "workers.%s.terminationGracePeriodSeconds (%d) must exceed config.jobTimeoutS (%d): a scale-down would kill the running job" .type $grace $timeout) -}}
+{{- end -}}
+{{- $grace -}}
+{{- end -}}
+
+{{/* Autoscaler cooldown: longer than a job. (dict "root" $ "w" $w "type" $type) */}}
+{{- define "zq.cooldown" -}}
+{{- $timeout := int .root.Values.config.jobTimeoutS -}}
+{{- $cooldown := .w.autoscaling.cooldownS | default (add $timeout 300) | int -}}
+{{- if le $cooldown $timeout -}}
+{{- fail (printf "workers.%s.autoscaling.cooldownS (%d) must exceed config.jobTimeoutS (%d)" .type $cooldown $timeout) -}}
+{{- end -}}
+{{- $cooldown -}}
+{{- end -}}
+
+{{/* Environment every zimage-queue container gets: broker, storage, credentials. */}}
+{{- define "zq.env" -}}
+- name: ZQ_REDIS_URL
+{{- if .Values.redis.enabled }}
+  value: {{ printf "redis://%s:6379/0" (include "zq.redisHost" .) | quote }}
+{{- else }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "externalRedis.existingSecret is required when redis.enabled is false" .Values.externalRedis.existingSecret }}
+      key: {{ .Values.externalRedis.urlKey }}
+{{- end }}
+{{- if and (hasPrefix "s3://" .Values.storage.url) (not .Values.storage.s3.useInstanceRole) }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "storage.s3.existingSecret is required for an s3:// storage.url" .Values.storage.s3.existingSecret }}
+      key: {{ .Values.storage.s3.accessKeyIdKey }}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.storage.s3.existingSecret }}
+      key: {{ .Values.storage.s3.secretAccessKeyKey }}
+{{- end }}
+{{- end -}}
+
+{{/* Volumes for a read-only root filesystem: /tmp and the health directory. */}}
+{{- define "zq.tmpVolumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+{{- end -}}
+{{- define "zq.tmpVolumes" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: 1Gi
+{{- end -}}
+
+{{/* Pod-level fields shared by the chart's own components. (dict "root" $ "c" $component) */}}
+{{- define "zq.podCommon" -}}
+serviceAccountName: {{ include "zq.serviceAccountName" .root }}
+automountServiceAccountToken: false
+securityContext:
+  {{- toYaml .root.Values.podSecurityContext | nindent 2 }}
+{{- with .root.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .c.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .c.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .c.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
