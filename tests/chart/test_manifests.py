@@ -279,3 +279,14 @@ def test_one_pdb_per_worker_type(helm, values_file: str) -> None:
     pdbs = by_kind(objects, "PodDisruptionBudget")
     for deployment in workers(objects).values():
         assert pdbs[deployment["metadata"]["name"]]["spec"]["maxUnavailable"] == 1
+
+
+def test_gpu_workers_use_the_worker_image_the_rest_the_light_one(helm) -> None:
+    objects, _ = render("production-values.yaml")
+    deployments = by_kind(objects, "Deployment")
+    for name, deployment in deployments.items():
+        image = _container(deployment)["image"]
+        if "-worker-" in name:
+            assert image.startswith("registry.example.com/ml/zimage-queue:"), (name, image)
+        elif "redis" not in name:
+            assert image.startswith("registry.example.com/ml/zimage-queue-light:"), (name, image)

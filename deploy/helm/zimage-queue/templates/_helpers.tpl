@@ -34,6 +34,10 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
+{{- define "zq.lightImage" -}}
+{{- printf "%s:%s" .Values.image.lightRepository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
 {{- define "zq.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
