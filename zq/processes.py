@@ -48,3 +48,14 @@ def process_gone(pid: int) -> bool:
         return True
     return any(line.startswith("State:") and "Z" in line.split()[1:2]
                for line in status.splitlines())
+
+
+def stop(proc: subprocess.Popen[bytes] | subprocess.Popen[str], timeout_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it lingers; always reaps the child."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout_s)

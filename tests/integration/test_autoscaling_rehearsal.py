@@ -58,7 +58,7 @@ from common.queueload import priority_lists
 from common.status import TERMINAL, JobStatus
 from producer.client import Client
 from tests.integration.cluster import Cluster
-from zq.processes import free_port
+from zq.processes import free_port, stop
 
 pytestmark = pytest.mark.integration
 
@@ -155,12 +155,7 @@ def exporter(cluster: Cluster, logs: Path) -> Iterator[str]:
                 time.sleep(0.1)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop(proc)
 
 
 def scrape(url: str) -> dict[str, float]:

@@ -24,7 +24,7 @@ from common.status import JobStatus
 from producer.client import Client
 from tests.conftest import require
 from tests.integration.cluster import Cluster
-from zq.processes import free_port
+from zq.processes import free_port, stop
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -95,13 +95,7 @@ def flower(cluster: Cluster, tmp_path: Path) -> Iterator[Flower]:
         poll(server, "/healthcheck", lambda: _answers(server, "/healthcheck"), timeout_s=30)
         yield server
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop(proc)
 
 
 def _answers(flower: Flower, path: str) -> bool:

@@ -30,6 +30,7 @@ from tests.services.prometheus import (
     prometheus_available,
     start_prometheus,
 )
+from zq.processes import stop
 
 pytestmark = pytest.mark.integration
 
@@ -186,12 +187,7 @@ def exporter(cluster: Cluster, tmp_path: Path) -> Iterator[int]:
     try:
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop(proc)
 
 
 @contextmanager
