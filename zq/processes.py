@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,12 +51,26 @@ def process_gone(pid: int) -> bool:
                for line in status.splitlines())
 
 
-def stop(proc: subprocess.Popen[bytes] | subprocess.Popen[str], timeout_s: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL if it lingers; always reaps the child."""
+def stop(proc: subprocess.Popen[bytes] | subprocess.Popen[str], timeout_s: float = 10.0,
+         graceful: bool = True) -> None:
+    """SIGTERM (or straight SIGKILL), then SIGKILL if it lingers; reaps the child.
+
+    Raises RuntimeError if the process is still there after SIGKILL and ``timeout_s``.
+    """
     if proc.poll() is None:
-        proc.terminate()
+        if graceful:
+            proc.terminate()
+            try:
+                proc.wait(timeout_s)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+        proc.kill()
     try:
         proc.wait(timeout_s)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while not process_gone(proc.pid):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{proc.args!r} (pid {proc.pid}) survived SIGKILL") from None
+            time.sleep(0.02)

@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zq.processes import free_port, process_gone, spawn
+from zq.processes import free_port, spawn, stop
 
 # fmt: off
 REQUIRED_BINARIES = (
@@ -104,7 +104,7 @@ class RgwServer:
         for name in ("rgw", "osd", "mon"):
             proc = self.procs.pop(name, None)
             if proc is not None:
-                _kill(proc)
+                stop(proc, graceful=False)
         if not keep_files:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -192,19 +192,6 @@ def _ceph(d: Path, conf_args: list[str], args: list[str]) -> str:
 
 def _spawn(d: Path, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
     return spawn(cmd, d / "log" / f"{name}.stdout.log")
-
-
-def _kill(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    if proc.poll() is None:
-        proc.kill()
-    try:
-        proc.wait(timeout)  # reaps our child, so no zombie is left behind
-    except subprocess.TimeoutExpired:
-        deadline = time.monotonic() + timeout
-        while not process_gone(proc.pid):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{proc.args[0]} (pid {proc.pid}) survived SIGKILL") from None
-            time.sleep(0.02)
 
 
 def _wait_http(d: Path, server: RgwServer) -> None:

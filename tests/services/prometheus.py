@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zq.processes import free_port, process_gone, spawn
+from zq.processes import free_port, spawn, stop
 
 START_TIMEOUT_S = 30.0
 HTTP_TIMEOUT_S = 10.0
@@ -118,7 +118,7 @@ class PrometheusServer:
         """
         proc, self.proc = self.proc, None
         if proc is not None:
-            _kill(proc)
+            stop(proc, timeout_s=5)
         if not keep_files:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -181,21 +181,3 @@ def _wait_ready(server: PrometheusServer) -> None:
         time.sleep(0.02)
     raise RuntimeError(f"prometheus not ready within {START_TIMEOUT_S}s:\n"
                        f"{server.log_text()[-4000:]}")
-
-
-def _kill(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    """SIGTERM (Prometheus exits in well under a second), then SIGKILL; reap it."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    try:
-        proc.wait(timeout)  # reaps our child, so no zombie is left behind
-    except subprocess.TimeoutExpired:
-        deadline = time.monotonic() + timeout
-        while not process_gone(proc.pid):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"prometheus (pid {proc.pid}) survived SIGKILL") from None
-            time.sleep(0.02)
