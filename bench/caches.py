@@ -27,6 +27,7 @@ import torch
 from _shared import mean_ms, median_ms, table, write_section
 
 from common.job import JobKind, JobSpec, ModelType, new_job
+from worker.acceleration import ModelOptions
 from worker.boot import warm_up
 from worker.caches import latent_shape
 from worker.models import LoadedModel, load_model
@@ -79,7 +80,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="zq-bench-") as tmp:
         path = make_tiny_checkpoint(Path(tmp) / "turbo", TINY_MODEL_SEEDS["turbo"])
-        model = load_model(ModelType.TURBO, str(path), "cpu")
+        model = load_model(ModelType.TURBO, str(path), ModelOptions(device="cpu"))
     warm_up(Renderer(model))
     rows = [run_scenario(model, name, args)
             for name in ("repeat", "distinct", "repeat, caches off")]

@@ -34,6 +34,7 @@ from _shared import table, write_section
 from queue_overhead import WORKER, make_jobs, start_worker
 
 from common.job import ModelType
+from worker.acceleration import ModelOptions
 from worker.boot import warm_up
 from worker.models import load_model
 from worker.render import Renderer
@@ -94,7 +95,7 @@ def main() -> None:
         imports = import_seconds(args.import_runs, args.threads)
         loads, warmups = [], []
         for _ in range(args.loads):
-            model = load_model(ModelType.TURBO, str(checkpoint), "cpu")
+            model = load_model(ModelType.TURBO, str(checkpoint), ModelOptions(device="cpu"))
             renderer = Renderer(model)
             loads.append(model.load_seconds)
             warmups.append(warm_up(renderer))

@@ -47,12 +47,13 @@ def make_jobs(n: int, side: int, steps: int) -> list[JobSpec]:
 
 def in_process(checkpoint: Path, jobs: list[JobSpec]) -> tuple[float, list[dict[str, float]]]:
     """Wall seconds for rendering ``jobs`` on one warm Renderer, and each job's timings."""
+    from worker.acceleration import ModelOptions
     from worker.boot import warm_up
     from worker.models import load_model
     from worker.render import Renderer
     from worker.results import RenderInputs
 
-    renderer = Renderer(load_model(ModelType.TURBO, str(checkpoint), "cpu"))
+    renderer = Renderer(load_model(ModelType.TURBO, str(checkpoint), ModelOptions("cpu")))
     warm_up(renderer)
     timings = []
     started = time.perf_counter()

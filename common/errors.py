@@ -100,6 +100,14 @@ class WorkerError(JobFailed):
     code = "worker_error"
 
 
+class WorkerBroken(ZqError):
+    """The worker's own state is wrong (its loaded weights changed dtype or size).
+
+    Not the job's fault: the job goes back to the queue and the worker stops, so a
+    fresh process loads the model again.
+    """
+
+
 class ConfigError(ZqError):
     """Settings are invalid, or a worker was started with options it cannot serve."""
 

@@ -59,6 +59,7 @@ MIN_PRIORITY, MAX_PRIORITY = 0, 9
 DEFAULT_PRIORITY = 5
 MAX_TAGS = 32
 MAX_TAG_KEY_CHARS, MAX_TAG_VALUE_CHARS = 64, 256
+MIN_QUALITY, MAX_QUALITY = 1, 100
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-/=+]{0,511}$")
 
@@ -122,6 +123,7 @@ class JobSpec:
     priority: int = DEFAULT_PRIORITY
     tags: dict[str, str] = field(default_factory=dict)
     output_format: OutputFormat = OutputFormat.PNG
+    quality: int | None = None
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -135,6 +137,10 @@ class JobSpec:
         """A plain JSON-serialisable dict; ``from_dict`` turns it back into this spec."""
         data = dataclasses.asdict(self)
         data["tags"] = dict(self.tags)
+        if data["quality"] is None:
+            # Added later: a spec that does not use it serialises as it always did, so a
+            # job resubmitted across an upgrade is still the same job.
+            del data["quality"]
         return {k: (v.value if isinstance(v, StrEnum) else v) for k, v in data.items()}
 
     @classmethod
@@ -210,6 +216,7 @@ def _validate(job: JobSpec) -> None:
     _check_size(job)
     _check_numbers(job)
     _check_tags(job.tags)
+    _check_quality(job)
 
 
 def _check_id(name: str, value: object) -> None:
@@ -302,6 +309,18 @@ def _check_numbers(job: JobSpec) -> None:
         raise InvalidJob("strength", "greater than 0 and at most 1", job.strength)
     if not MIN_PRIORITY <= job.priority <= MAX_PRIORITY:
         raise InvalidJob("priority", f"between {MIN_PRIORITY} and {MAX_PRIORITY}", job.priority)
+
+
+def _check_quality(job: JobSpec) -> None:
+    if job.quality is None:
+        return
+    if not isinstance(job.quality, int) or isinstance(job.quality, bool):
+        raise InvalidJob("quality", "must be an integer", job.quality)
+    if job.output_format is OutputFormat.PNG:
+        raise InvalidJob("quality", "applies to jpeg and webp only (png is lossless)",
+                         job.quality)
+    if not MIN_QUALITY <= job.quality <= MAX_QUALITY:
+        raise InvalidJob("quality", f"between {MIN_QUALITY} and {MAX_QUALITY}", job.quality)
 
 
 def _check_tags(tags: object) -> None:

@@ -33,7 +33,13 @@ class Settings:
         default_factory=lambda: dict(DEFAULT_MODEL_SOURCES)
     )
     device: str = "auto"
+    # "auto": bfloat16 on a GPU, float32 on a CPU (where bfloat16 also works, slowly).
+    dtype: str = "auto"
     cpu_offload: bool = False
+    # "" keeps diffusers' default attention; else a name of its AttentionBackendName.
+    attention_backend: str = ""
+    compile: bool = False
+    fp8: bool = False
     job_timeout_s: int = 1800
     lease_ttl_s: int = 15
     max_deliveries: int = 3
@@ -42,9 +48,12 @@ class Settings:
     presign_expiry_s: int = 3600
     key_prefix: str = "zq"
     metrics_port: int = 9400
-    warmup_size_px: int = 64
+    # (width, height) of each warm-up render: the sizes served most (and compiled for).
+    warmup_sizes_px: tuple[tuple[int, int], ...] = ((64, 64),)
     max_wait_s: int = 3600
     exporter_port: int = 9401
+    # zlib level for PNG results: 1 encodes several times faster than 6 for ~10-20% more bytes.
+    png_compress_level: int = 1
 
     @property
     def visibility_timeout_s(self) -> int:
@@ -71,7 +80,11 @@ class Settings:
             s3_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
             model_sources=sources,
             device=env.get("ZQ_DEVICE", base.device),
+            dtype=_dtype(env.get("ZQ_DTYPE") or base.dtype),
             cpu_offload=_flag(env, "ZQ_CPU_OFFLOAD", base.cpu_offload),
+            attention_backend=env.get("ZQ_ATTENTION_BACKEND", base.attention_backend).strip(),
+            compile=_flag(env, "ZQ_COMPILE", base.compile),
+            fp8=_flag(env, "ZQ_FP8", base.fp8),
             job_timeout_s=_int(env, "ZQ_JOB_TIMEOUT_S", base.job_timeout_s, 1),
             lease_ttl_s=_int(env, "ZQ_LEASE_TTL_S", base.lease_ttl_s, 3),
             max_deliveries=_int(env, "ZQ_MAX_DELIVERIES", base.max_deliveries, 1),
@@ -80,13 +93,16 @@ class Settings:
             presign_expiry_s=_int(env, "ZQ_PRESIGN_EXPIRY_S", base.presign_expiry_s, 1),
             key_prefix=env.get("ZQ_KEY_PREFIX", base.key_prefix),
             metrics_port=_int(env, "ZQ_METRICS_PORT", base.metrics_port, 0),
-            warmup_size_px=_int(env, "ZQ_WARMUP_SIZE_PX", base.warmup_size_px, 16),
+            warmup_sizes_px=_sizes(env, "ZQ_WARMUP_SIZE_PX", base.warmup_sizes_px),
             max_wait_s=_int(env, "ZQ_MAX_WAIT_S", base.max_wait_s, 0),
             exporter_port=_int(env, "ZQ_EXPORTER_PORT", base.exporter_port, 1),
+            png_compress_level=_int(env, "ZQ_PNG_COMPRESS_LEVEL", base.png_compress_level, 0,
+                                    maximum=9),
         )
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int,
+         maximum: int | None = None) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -96,7 +112,43 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be at most {maximum}, got {value}")
     return value
+
+
+DTYPE_NAMES: dict[str, str] = {
+    "auto": "auto", "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16",
+    "fp16": "float16", "half": "float16", "float32": "float32", "fp32": "float32",
+}
+
+
+def _dtype(raw: str) -> str:
+    try:
+        return DTYPE_NAMES[raw.strip().lower()]
+    except KeyError:
+        raise ConfigError(f"ZQ_DTYPE must be one of auto, bfloat16, float16, float32; "
+                          f"got {raw!r}") from None
+
+
+def _sizes(env: Mapping[str, str], name: str,
+           default: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
+    """Comma-separated sizes, each ``SIDE`` or ``WIDTHxHEIGHT`` in pixels (16 to 4096)."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    sizes = []
+    for item in raw.split(","):
+        width, _, height = item.strip().lower().partition("x")
+        try:
+            size = (int(width), int(height or width))
+        except ValueError:
+            raise ConfigError(f"{name} must be sizes like 1024 or 768x1344, comma-separated; "
+                              f"got {item.strip()!r}") from None
+        if not all(16 <= side <= 4096 for side in size):
+            raise ConfigError(f"{name}: each side must be 16 to 4096 pixels, got {item.strip()!r}")
+        sizes.append(size)
+    return tuple(sizes)
 
 
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:

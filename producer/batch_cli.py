@@ -17,7 +17,7 @@ from producer.contact_sheet import Tile, contact_sheet
 
 DONE = {s.value for s in TERMINAL} | {"invalid"}
 DEFAULT_OPTIONS = ("prompt", "model", "width", "height", "strength", "steps", "guidance",
-                   "seed", "priority", "output_format", "negative_prompt", "mask")
+                   "seed", "priority", "output_format", "quality", "negative_prompt", "mask")
 
 
 def add_command(commands: Any) -> None:
@@ -30,7 +30,7 @@ def add_command(commands: Any) -> None:
     for name in ("prompt", "model", "negative_prompt", "mask"):
         batch.add_argument(f"--{name.replace('_', '-')}", dest=name,
                            help=f"default {name} for rows that have none")
-    for name in ("width", "height", "steps", "seed", "priority"):
+    for name in ("width", "height", "steps", "seed", "priority", "quality"):
         batch.add_argument(f"--{name}", type=int, help=f"default {name}")
     for name in ("strength", "guidance"):
         batch.add_argument(f"--{name}", type=float, help=f"default {name}")

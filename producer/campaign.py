@@ -96,7 +96,8 @@ MAX_VARIANTS = 1000
 MAX_AXES = MAX_TAGS - 3
 """Axes one campaign may have: each is a tag, beside campaign, period and sku."""
 DEFAULT_FIELDS = frozenset(
-    {"steps", "guidance", "strength", "priority", "output_format", "negative_prompt", "model"})
+    {"steps", "guidance", "strength", "priority", "output_format", "quality", "negative_prompt",
+     "model"})
 IMAGE_ONLY_PRODUCT = "the product"
 """What ``{product}`` renders as for a product given only an image."""
 

@@ -80,6 +80,7 @@ def _job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=float)
     parser.add_argument("--priority", type=int, help="0-9, 9 most urgent (default 5)")
     parser.add_argument("--format", dest="output_format", help="png, webp or jpeg")
+    parser.add_argument("--quality", type=int, help="1-100 for jpeg and webp (default 90)")
     parser.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--webhook", help="URL to POST the job's record to when it ends")
     _output_options(parser)
@@ -93,7 +94,7 @@ def _output_options(parser: argparse.ArgumentParser) -> None:
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     names = ("model", "job_id", "conversation_id", "negative_prompt", "seed", "width", "height",
-             "steps", "guidance", "priority", "output_format", "strength", "webhook")
+             "steps", "guidance", "priority", "output_format", "quality", "strength", "webhook")
     options = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     tags = {}
     for pair in args.tag:

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = ("sku", "image", "prompt", "mask", "seed", "width", "height", "model", "strength",
-           "steps", "guidance", "negative_prompt", "output_format")
-INTEGER_COLUMNS = {"seed", "width", "height", "steps"}
+           "steps", "guidance", "negative_prompt", "output_format", "quality")
+INTEGER_COLUMNS = {"seed", "width", "height", "steps", "quality"}
 NUMBER_COLUMNS = {"strength", "guidance"}
 
 

@@ -7,13 +7,15 @@ import time
 from typing import TYPE_CHECKING
 
 from celery import Celery
-from diffusers.utils import logging as diffusers_logging
 
 from common.audit import configure_audit_logging
+from common.errors import ConfigError, WorkerBroken
 from common.job import JobKind, ModelType, new_job
 from common.jobstore import JobStore
 from common.settings import Settings
 from common.storage import open_store
+from worker.acceleration import ModelOptions
+from worker.acceleration import describe as describe_options
 from worker.audit import AuditHooks
 from worker.execute import CurrentJob, JobRunner
 from worker.health import health_path
@@ -38,17 +40,19 @@ class ModelRenderer(Renderer):
         return {**self.model.describe(), "versions": self.model.versions}
 
 
-def warm_up(renderer: Renderer, side_px: int) -> float:
-    """One render so the first real job pays no first-call costs; returns seconds.
+def warm_up(renderer: Renderer, sizes_px: tuple[tuple[int, int], ...] = ((64, 64),)) -> float:
+    """One render per size so the first real job pays no first-call costs; returns seconds.
 
-    Warming up at the size most jobs use also warms shape-specific kernels.
+    Warming up at the sizes most jobs use warms shape-specific kernels and, with
+    ``ZQ_COMPILE``, compiles the transformer for each of them.
     """
     multiple = renderer.model.size_multiple
-    side = max(side_px - side_px % multiple, multiple)
-    job = new_job(JobKind.GENERATE, prompt="warm-up", seed=0, steps=2, width=side, height=side,
-                  model=ModelType.TURBO.value)
     started = time.perf_counter()
-    renderer.render(job, RenderInputs(), lambda done, total: False)
+    for width, height in sizes_px:
+        width, height = (max(side - side % multiple, multiple) for side in (width, height))
+        job = new_job(JobKind.GENERATE, prompt="warm-up", seed=0, steps=2, width=width,
+                      height=height, model=ModelType.TURBO.value)
+        renderer.render(job, RenderInputs(), lambda done, total: False)
     return time.perf_counter() - started
 
 
@@ -57,8 +61,6 @@ def start_runtime(settings: Settings, model: ModelType, worker_id: str,
     """Everything a worker needs before it consumes its first message."""
     from worker.celery_app import WorkerRuntime
 
-    # diffusers warns on every from_pipe about float32 modules it does not have.
-    diffusers_logging.set_verbosity_error()
     configure_audit_logging()
     metrics = WorkerMetrics(model)
     if settings.metrics_port:
@@ -73,17 +75,24 @@ def start_runtime(settings: Settings, model: ModelType, worker_id: str,
     liveness.start()
     source = settings.model_sources[model]
     log.info("loading %s model from %s", model.value, source)
-    loaded = load_model(model, source, settings.device, settings.cpu_offload)
+    options = ModelOptions.from_settings(settings)
+    loaded = load_model(model, source, options)
     registry.count("model_loads")
     renderer = ModelRenderer(loaded, settings.prompt_cache_size, settings.latent_cache_size)
-    warm_s = warm_up(renderer, settings.warmup_size_px)
+    try:
+        warm_s = warm_up(renderer, settings.warmup_sizes_px)
+    except WorkerBroken:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"the warm-up render failed with {describe_options(options)}: "
+                          f"{type(exc).__name__}: {exc}") from exc
     metrics.load.labels(model.value).set(loaded.load_seconds)
     metrics.warmup.labels(model.value).set(warm_s)
     registry.update(load_seconds=loaded.load_seconds, warmup_seconds=warm_s,
                     revision=loaded.source.revision, device=str(loaded.device))
     log.info("model %s loaded in %.2fs, warm-up %.2fs", loaded.source.revision,
              loaded.load_seconds, warm_s)
-    hooks = HookSet([metrics, AuditHooks(worker_id, source, loaded.source.revision)])
+    hooks = HookSet([metrics, AuditHooks(worker_id, source, loaded.source.revision), registry])
     runner = JobRunner(settings, worker_id, jobs, open_store(settings), app, renderer, hooks,
                        current)
     caches = {"prompt_embeds": renderer.prompt_cache, "latent_template": renderer.latent_cache}

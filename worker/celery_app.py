@@ -15,9 +15,9 @@ from typing import Any
 
 import redis
 from celery import signals
-from celery.exceptions import Reject
+from celery.exceptions import Reject, WorkerShutdown
 
-from common.errors import ConfigError
+from common.errors import ConfigError, WorkerBroken
 from common.job import JobKind, ModelType
 from common.queueing import TASK_NAMES, make_celery, model_for_queue
 from common.settings import Settings
@@ -27,6 +27,7 @@ from worker.metrics import WorkerMetrics
 
 log = logging.getLogger("zq.worker")
 EXIT_CANNOT_START = 78  # EX_CONFIG
+EXIT_MODEL_CHANGED = 70  # EX_SOFTWARE: the loaded weights changed; a fresh process reloads them
 
 # Celery's `-A` needs a module-level app; settings are read once, here, for it.
 settings = Settings.from_env()
@@ -79,6 +80,9 @@ def _boot(sender: str, instance: Any, **_: Any) -> None:
     queues = sorted(instance.app.amqp.queues.consume_from or {})
     try:
         _runtime = start_runtime(settings, served_model(queues), sender, app)
+    except ConfigError as exc:
+        log.critical("worker cannot start: %s", exc)
+        os._exit(EXIT_CANNOT_START)
     except Exception:
         # Celery logs and swallows errors raised by signal handlers; a worker that
         # cannot load its model must not go on to consume (and drop) messages.
@@ -101,22 +105,28 @@ def _shutdown(**_: Any) -> None:
     if _runtime is not None:
         _runtime.registry.update(ready=0)
         _runtime.metrics.ready.labels(_runtime.model.value).set(0)
+        # Rendered jobs still being stored are finished before the process exits; the
+        # liveness thread keeps their leases alive meanwhile.
+        if not _runtime.runner.close(settings.job_timeout_s):
+            log.error("storing rendered jobs did not finish in time; their leases will "
+                      "run out and other workers will render them again")
         _runtime.liveness.stop()
 
 
 def _run(job_id: str) -> str:
     state = runtime()
     try:
-        outcome = state.runner.run(job_id)
+        return state.runner.run(job_id)
     except redis.RedisError as exc:
         # The job record could not be read or claimed: put the message back rather
         # than acknowledge a job that never ran.
         log.warning("Redis error on job %s, requeueing its message: %s", job_id, exc)
         time.sleep(1.0)
         raise Reject(exc, requeue=True) from exc
-    if outcome in {"succeeded", "failed", "cancelled", "poison"}:
-        state.registry.count("jobs_done")
-    return outcome
+    except WorkerBroken as exc:
+        # The job is back in the queue; this process must not render another one.
+        log.critical("stopping the worker: %s", exc)
+        raise WorkerShutdown(EXIT_MODEL_CHANGED) from exc
 
 
 @app.task(name=TASK_NAMES[JobKind.GENERATE], ignore_result=True)

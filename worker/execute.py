@@ -1,7 +1,9 @@
 """One job's life on a worker: claim, fetch inputs, render, store, finish, release children.
 
-Every way a job can go wrong ends here as a recorded reason; nothing a job does can
-kill the worker. The Celery task is a thin wrapper around ``JobRunner.run``.
+The job thread claims and renders; storing (encode, image PUT, manifest PUT, finish,
+release children) happens on the finisher thread while the next job renders. Every
+way a job can go wrong ends here as a recorded reason; nothing a job does can kill
+the worker. The Celery task is a thin wrapper around ``JobRunner.run``.
 """
 
 from __future__ import annotations
@@ -30,22 +32,27 @@ from common.errors import (
     ParentFailed,
     PoisonJob,
     StorageError,
+    WorkerBroken,
     WorkerError,
 )
-from common.job import JobSpec, OutputFormat
+from common.job import JobSpec
 from common.jobstore import JobStore
 from common.layout import CONTENT_TYPES, image_key, manifest_key
 from common.queueing import publish_jobs
 from common.settings import Settings
 from common.status import JobRecord, JobStatus
 from common.storage import ObjectStore
+from worker.encoding import encode_image
+from worker.finisher import Finisher
 from worker.hooks import HookSet, JobOutcome
 from worker.manifest import build_manifest
 from worker.results import RenderInputs, RenderResult
 
 log = logging.getLogger("zq.worker")
 
-_PIL_FORMATS = {OutputFormat.PNG: "PNG", OutputFormat.WEBP: "WEBP", OutputFormat.JPEG: "JPEG"}
+# Storage retries in the finisher, seconds between tries: the rendered image is kept,
+# so a short outage costs a wait, not a second render. After the last, the job requeues.
+STORE_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 class JobRenderer(Protocol):
@@ -61,29 +68,62 @@ class JobRenderer(Protocol):
 
 @dataclass
 class CurrentJob:
-    """The job a worker is running now; the heartbeat thread renews its lease."""
+    """The job a worker renders now and the rendered jobs it is still storing.
+
+    The heartbeat thread renews the lease of every one of them: a job is held from
+    its claim until its record is finished, across the hand-off.
+    """
 
     job_id: str | None = None
     started: float = 0.0
+    finishing: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def set(self, job_id: str | None) -> None:
-        """Mark ``job_id`` as running (None when idle)."""
+        """Mark ``job_id`` as rendering (None when the job thread is idle)."""
         with self.lock:
             self.job_id, self.started = job_id, time.time()
 
     def get(self) -> str | None:
-        """The running job's id, or None."""
+        """The rendering job's id, or None."""
         with self.lock:
             return self.job_id
 
+    def hand_off(self, job_id: str) -> None:
+        """The rendering job moves to storing; its lease stays held."""
+        with self.lock:
+            self.finishing.add(job_id)
+            if self.job_id == job_id:
+                self.job_id, self.started = None, time.time()
+
+    def stored(self, job_id: str) -> None:
+        """The job's record is finished: this worker holds it no longer."""
+        with self.lock:
+            self.finishing.discard(job_id)
+
+    def held(self) -> list[str]:
+        """Every job whose lease this worker must keep alive."""
+        with self.lock:
+            return sorted(self.finishing | ({self.job_id} if self.job_id else set()))
+
+
+@dataclass
+class Rendered:
+    """A rendered job on its way to storage."""
+
+    record: JobRecord
+    result: RenderResult
+    input_keys: dict[str, str]
+    timings: dict[str, float]
+    handed_off: float = field(default_factory=time.perf_counter)
+
 
 class JobRunner:
-    """Runs jobs for one worker process."""
+    """Runs jobs for one worker process: renders on the caller's thread, stores on its own."""
 
     def __init__(self, settings: Settings, worker_id: str, jobs: JobStore, store: ObjectStore,
                  app: Celery, renderer: JobRenderer, hooks: HookSet | None = None,
-                 current: CurrentJob | None = None) -> None:
+                 current: CurrentJob | None = None, finisher_depth: int = 1) -> None:
         self.settings = settings
         self.worker_id = worker_id
         self.jobs = jobs
@@ -92,9 +132,15 @@ class JobRunner:
         self.renderer = renderer
         self.hooks = hooks or HookSet()
         self.current = current or CurrentJob()
+        self.finisher: Finisher[Rendered] = Finisher(self._store_and_finish, finisher_depth)
+        self.finisher.start()
 
     def run(self, job_id: str) -> str:
-        """Run the job if this worker can claim it; returns what happened (for logs/tests)."""
+        """Run the job if this worker can claim it; returns what happened (for logs/tests).
+
+        ``handed_off`` means rendered and queued for storage: the job ends on the
+        finisher thread. ``WorkerBroken`` is raised after the job was put back.
+        """
         try:
             record = self.jobs.get(job_id)
         except (JobNotFound, InvalidJob) as exc:  # nothing any worker could run: drop it
@@ -116,15 +162,12 @@ class JobRunner:
         try:
             record = self.jobs.get(job_id)
             self.hooks.started(record)
-            outcome = self._run_claimed(record)
-            if outcome is None:
-                return "requeued"
-            self.hooks.finished(outcome)
-            return outcome.status.value
+            return self._run_claimed(record)
         finally:
-            self.current.set(None)
+            if self.current.get() == job_id:
+                self.current.set(None)
 
-    def _run_claimed(self, record: JobRecord) -> JobOutcome | None:
+    def _run_claimed(self, record: JobRecord) -> str:
         spec = record.spec
         timings: dict[str, float] = {}
         try:
@@ -132,17 +175,53 @@ class JobRunner:
             inputs, input_keys = self._inputs(spec)
             timings["load_inputs"] = time.perf_counter() - started
             result = self.renderer.render(spec, inputs, self._progress(spec))
-            timings.update(result.timings_s)
-            image = self._store(record, result, input_keys, timings)
-            return JobOutcome(record, JobStatus.SUCCEEDED, timings, None, result.steps_run,
-                              image)
         except StorageError as exc:
             self._retry_later(spec, exc)
-            return None
+            return "requeued"
+        except WorkerBroken:
+            log.critical("job %s goes back to the queue: this worker's model changed",
+                         spec.job_id)
+            self._requeue(spec)
+            raise
         except Exception as exc:
             error, status = _as_failure(exc, spec)
             self._fail(spec, error, status)
-            return JobOutcome(record, status, timings, error)
+            self.hooks.finished(JobOutcome(record, status, timings, error))
+            return status.value
+        timings.update(result.timings_s)
+        self.current.hand_off(spec.job_id)
+        self.finisher.hand_off(Rendered(record, result, input_keys, timings))
+        return "handed_off"
+
+    def close(self, timeout_s: float) -> bool:
+        """Store every rendered job before the worker exits; False if time ran out."""
+        return self.finisher.close(timeout_s)
+
+    def _store_and_finish(self, rendered: Rendered) -> None:
+        """On the finisher thread: store the result and end the job, however it goes."""
+        record, spec = rendered.record, rendered.record.spec
+        rendered.timings["handoff_wait"] = time.perf_counter() - rendered.handed_off
+        try:
+            for delay in (*STORE_RETRY_DELAYS_S, None):
+                try:
+                    image = self._store(rendered)
+                    break
+                except StorageError as exc:
+                    if delay is None:
+                        self._requeue(spec, f"storage failed {len(STORE_RETRY_DELAYS_S) + 1} "
+                                            f"times ({exc})")
+                        return
+                    log.warning("job %s: storing failed, trying again in %ss: %s",
+                                spec.job_id, delay, exc)
+                    time.sleep(delay)
+            self.hooks.finished(JobOutcome(record, JobStatus.SUCCEEDED, rendered.timings, None,
+                                           rendered.result.steps_run, image))
+        except Exception as exc:
+            error, status = _as_failure(exc, spec)
+            self._fail(spec, error, status)
+            self.hooks.finished(JobOutcome(record, status, rendered.timings, error))
+        finally:
+            self.current.stored(spec.job_id)
 
     def _progress(self, spec: JobSpec) -> Callable[[int, int], bool]:
         deadline = time.monotonic() + self.settings.job_timeout_s
@@ -189,20 +268,20 @@ class JobRunner:
             raise InputImageError(f"{name} {key!r} is not a readable image: {exc}") from None
         return image
 
-    def _store(self, record: JobRecord, result: RenderResult, input_keys: dict[str, str],
-               timings: dict[str, float]) -> str:
+    def _store(self, rendered: Rendered) -> str:
         """Write image then manifest, finish the job, release its children; returns the key."""
+        record, result, timings = rendered.record, rendered.result, rendered.timings
         spec = record.spec
         started = time.perf_counter()
-        buffer = io.BytesIO()
-        result.image.save(buffer, format=_PIL_FORMATS[spec.output_format])
+        data = encode_image(result.image, spec.output_format, spec.quality,
+                            self.settings.png_compress_level)
         timings["image_encode"] = time.perf_counter() - started
         started = time.perf_counter()
         image = image_key(spec)
-        self.store.put(image, buffer.getvalue(), CONTENT_TYPES[spec.output_format])
+        self.store.put(image, data, CONTENT_TYPES[spec.output_format])
         timings["upload"] = time.perf_counter() - started
-        manifest = build_manifest(record, self.renderer.describe(), result, input_keys,
-                                  timings, self.worker_id, image)
+        manifest = build_manifest(record, self.renderer.describe(), result,
+                                  rendered.input_keys, timings, self.worker_id, image)
         # The manifest is written last: its presence means the image is complete.
         key = manifest_key(spec)
         self.store.put(key, json.dumps(manifest, indent=2).encode(), "application/json")
@@ -221,12 +300,18 @@ class JobRunner:
         reason = ParentFailed(f"parent {word}: job {spec.job_id}: {error.reason}")
         self.jobs.fail_descendants(children or [], reason)
 
-    def _retry_later(self, spec: JobSpec, exc: StorageError) -> None:
-        """Storage trouble may pass: put the job back; the delivery count bounds retries."""
-        log.warning("job %s hit a storage error, requeueing: %s", spec.job_id, exc)
-        time.sleep(min(2.0 ** self.jobs.get(spec.job_id).deliveries, 30.0))
+    def _requeue(self, spec: JobSpec, why: str = "") -> None:
+        """Put a claimed job back to queued and publish it; the delivery count bounds this."""
+        if why:
+            log.warning("job %s requeued: %s", spec.job_id, why)
         if self.jobs.requeue(spec):
             publish_jobs(self.app, self.jobs, [spec.job_id])
+
+    def _retry_later(self, spec: JobSpec, exc: StorageError) -> None:
+        """Storage trouble may pass: put the job back after a pause."""
+        log.warning("job %s hit a storage error, requeueing: %s", spec.job_id, exc)
+        time.sleep(min(2.0 ** self.jobs.get(spec.job_id).deliveries, 30.0))
+        self._requeue(spec)
 
 
 def _as_failure(exc: Exception, spec: JobSpec) -> tuple[JobFailed, JobStatus]:

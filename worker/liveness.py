@@ -20,11 +20,13 @@ from pathlib import Path
 from celery import Celery
 
 from common.aging import promote_overdue
-from common.job import ModelType
+from common.job import JobSpec, ModelType
 from common.jobstore import JobStore
 from common.queueing import publish_jobs
+from common.status import JobRecord
 from worker.execute import CurrentJob
 from worker.health import Health, write_health
+from worker.hooks import JobOutcome
 
 log = logging.getLogger("zq.worker")
 
@@ -51,6 +53,17 @@ class WorkerRegistry:
     def count(self, field: str) -> None:
         """Add one to a counter field (``model_loads``, ``jobs_done``)."""
         self.redis.hincrby(self.key, field, 1)
+
+    # -- job hooks: the registry counts every job that ended on this worker --------
+    def started(self, record: JobRecord) -> None:
+        """Nothing to record when a job starts."""
+
+    def progressed(self, spec: JobSpec, done: int, total: int) -> None:
+        """Nothing to record per step."""
+
+    def finished(self, outcome: JobOutcome) -> None:
+        """Count the ended job in ``jobs_done``."""
+        self.count("jobs_done")
 
     def beat(self) -> None:
         """Refresh the heartbeat; the record expires if the worker stops beating."""
@@ -104,19 +117,18 @@ class Liveness(threading.Thread):
             log.exception("cannot write the health file %s", self.health_file)
 
     def beat(self) -> None:
-        """One round: lease, heartbeat, recovery."""
-        job_id = self.current.get()
-        if job_id is not None:
+        """One round: leases (the rendering job and those being stored), heartbeat, recovery."""
+        for job_id in self.current.held():
             self.jobs.renew_lease(job_id, self.worker_id, self.lease_ttl_s)
         self.registry.beat()
-        self.registry.update(current_job=job_id or "")
+        self.registry.update(current_job=self.current.get() or "")
         self.recover()
 
     def recover(self) -> list[str]:
         """Re-publish jobs of this model type that were lost; returns their ids."""
         recovered = []
         for job_id in self.jobs.orphaned(self.model):
-            if job_id == self.current.get():
+            if job_id in self.current.held():
                 continue
             if self.jobs.requeue(self.jobs.get(job_id).spec):
                 log.warning("job %s lost its worker (lease expired); requeued", job_id)

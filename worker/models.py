@@ -10,6 +10,7 @@ same weights with ``from_pipe`` (no reload). An instruction-editing checkpoint
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import re
 import time
@@ -29,6 +30,15 @@ from PIL import Image
 
 from common.errors import ConfigError
 from common.job import ModelType
+from worker.acceleration import (
+    ModelOptions,
+    accelerate,
+    check_available,
+    place,
+    resolve_device,
+)
+from worker.acceleration import describe as describe_options
+from worker.model_state import ModelStateGuard
 
 TEXT_TO_IMAGE_CLASSES = {"ZImagePipeline"}
 INSTRUCTION_EDIT_CLASSES = {"ZImageOmniPipeline"}
@@ -56,27 +66,35 @@ class Editor(Protocol):
         """Run the edit; ``pipeline_kwargs`` are the shared diffusers call arguments."""
 
 
-@dataclass
 class DerivedEditor:
-    """Image-to-image without a mask, inpainting with one, on text-to-image weights."""
+    """Image-to-image without a mask, inpainting with one, on text-to-image weights.
 
-    base: Pipeline
-    _img2img: Pipeline | None = None
-    _inpaint: Pipeline | None = None
+    Both pipelines are built once, when the model loads, around the very modules the
+    loaded pipeline holds: nothing is converted or copied (``from_pipe`` would convert
+    the shared modules to its own dtype, float32 unless told otherwise).
+    """
+
+    def __init__(self, base: Pipeline) -> None:
+        self.base = base
+        self.img2img = derive(ZImageImg2ImgPipeline, base)
+        self.inpaint = derive(ZImageInpaintPipeline, base)
 
     def __call__(self, image: Image.Image, mask: Image.Image | None,
                  **pipeline_kwargs: Any) -> torch.Tensor:
         """Edit with the derived pipeline that fits the job."""
         if mask is None:
-            if self._img2img is None:
-                self._img2img = _quiet(ZImageImg2ImgPipeline.from_pipe(self.base))
-            out = self._img2img(image=image, **pipeline_kwargs)
+            out = self.img2img(image=image, **pipeline_kwargs)
         else:
-            if self._inpaint is None:
-                self._inpaint = _quiet(ZImageInpaintPipeline.from_pipe(self.base))
-            out = self._inpaint(image=image, mask_image=mask, **pipeline_kwargs)
+            out = self.inpaint(image=image, mask_image=mask, **pipeline_kwargs)
         latents: torch.Tensor = out.images
         return latents
+
+
+def derive(pipeline_class: type[Any], base: Pipeline) -> Pipeline:
+    """A pipeline of ``pipeline_class`` sharing ``base``'s components as they are."""
+    wanted = inspect.signature(pipeline_class.__init__).parameters
+    components = {name: part for name, part in base.components.items() if name in wanted}
+    return _quiet(pipeline_class(**components))
 
 
 @dataclass
@@ -90,7 +108,8 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     load_seconds: float
-    offload: bool = False
+    guard: ModelStateGuard
+    options: ModelOptions = field(default_factory=ModelOptions)
     versions: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -107,7 +126,8 @@ class LoadedModel:
             "pipeline_class": self.source.pipeline_class,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
-            "cpu_offload": self.offload,
+            **describe_options(self.options),
+            "parameter_bytes": self.guard.parameter_bytes(),
         }
 
 
@@ -146,35 +166,27 @@ def _content_revision(path: Path) -> str:
     return "local-" + digest.hexdigest()[:16]
 
 
-def pick_device(preference: str) -> tuple[torch.device, torch.dtype]:
-    """``auto`` -> CUDA with bf16 if a GPU is present, else CPU with float32."""
-    if preference == "auto":
-        preference = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(preference)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("ZQ_DEVICE asks for cuda but no GPU is visible")
-    return device, (torch.bfloat16 if device.type == "cuda" else torch.float32)
+def load_model(model: ModelType, source: str, options: ModelOptions | None = None
+               ) -> LoadedModel:
+    """Load the checkpoint for ``model`` once; the worker keeps it for its whole life.
 
-
-def load_model(model: ModelType, source: str, device_preference: str = "auto",
-               cpu_offload: bool = False) -> LoadedModel:
-    """Load the checkpoint for ``model`` once; the worker keeps it for its whole life."""
+    The model's guard holds the footprint of its weights as served (after placement,
+    FP8 and compile), which every later job is checked against.
+    """
+    options = options or ModelOptions()
     started = time.perf_counter()
     resolved = resolve_source(source)
-    device, dtype = pick_device(device_preference)
+    device, dtype = resolve_device(options)
+    check_available(options, device, dtype)
     pipeline = _quiet(DiffusionPipeline.from_pretrained(  # type: ignore[no-untyped-call]
         resolved.path, dtype=dtype))
-    offload = cpu_offload and device.type == "cuda"
-    if offload:
-        # Offload needs an accelerator; on a CPU-only machine it would raise.
-        pipeline.enable_model_cpu_offload()
-    else:
-        pipeline.to(device)
+    place(pipeline, options, device)
+    accelerate(pipeline, options)
     editor = _editor_for(resolved, pipeline)
     return LoadedModel(
         model=model, source=resolved, pipeline=pipeline, editor=editor, device=device,
-        dtype=dtype, load_seconds=time.perf_counter() - started, offload=offload,
-        versions=library_versions(),
+        dtype=dtype, load_seconds=time.perf_counter() - started,
+        guard=ModelStateGuard(pipeline), options=options, versions=library_versions(),
     )
 
 

@@ -43,7 +43,18 @@ class Renderer:
         return width - width % multiple, height - height % multiple
 
     def render(self, job: JobSpec, inputs: RenderInputs, on_step: ProgressCallback) -> RenderResult:
-        """Run the pipeline for ``job``; raises ``JobCancelled`` if ``on_step`` asks to stop."""
+        """Run the pipeline for ``job``; raises ``JobCancelled`` if ``on_step`` asks to stop.
+
+        Afterwards, however the job ended, the loaded weights must be as they were
+        loaded: ``WorkerBroken`` otherwise.
+        """
+        try:
+            return self._render(job, inputs, on_step)
+        finally:
+            self.model.guard.check(f"{job.kind.value} job {job.job_id}")
+
+    def _render(self, job: JobSpec, inputs: RenderInputs,
+                on_step: ProgressCallback) -> RenderResult:
         timings: dict[str, float] = {}
         width, height = self.output_size(job, inputs)
         started = time.perf_counter()
@@ -72,9 +83,10 @@ class Renderer:
         if steps.stopped:
             raise JobCancelled(f"cancelled at step {steps.done} of {job.steps}")
         started = time.perf_counter()
-        image = self.decode(latents)
+        pixels = self.decode(latents)
         timings["vae_decode"] = time.perf_counter() - started
-        return RenderResult(image=image, latents=latents, timings_s=timings, steps_run=steps.done)
+        return RenderResult(pixels=pixels, latents=latents, timings_s=timings,
+                            steps_run=steps.done)
 
     def _embeds(self, job: JobSpec) -> Embeds:
         cfg = job.guidance > 0
@@ -115,16 +127,16 @@ class Renderer:
         strength = job.strength if job.strength is not None else 1.0
         return self.model.editor(image, mask, strength=strength, **kwargs)
 
-    def decode(self, latents: torch.Tensor) -> Image.Image:
-        """Latents -> a PIL image, as the pipelines' own final step does it."""
-        pipe = self.model.pipeline
-        vae = pipe.vae
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> pixels in [-1, 1] on the CPU, as the pipelines' own final step does it.
+
+        Turning them into an image is left to ``RenderResult.image``, off the GPU's path.
+        """
+        vae = self.model.pipeline.vae
         with torch.inference_mode():
             scaled = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
-            decoded = vae.decode(scaled, return_dict=False)[0]
-            images = pipe.image_processor.postprocess(decoded, output_type="pil")
-        image: Image.Image = images[0]
-        return image
+            decoded: torch.Tensor = vae.decode(scaled, return_dict=False)[0]
+        return decoded.cpu()
 
 
 class _StepCounter:

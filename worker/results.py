@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from PIL import Image
@@ -21,9 +22,21 @@ class RenderInputs:
 
 @dataclass
 class RenderResult:
-    """The picture, its final latents (before VAE decode) and phase timings."""
+    """A render's decoded pixels (on the CPU, in [-1, 1]), final latents and phase timings.
 
-    image: Image.Image
+    The picture itself is made from ``pixels`` on first use: off the GPU's critical
+    path, in the worker's finisher thread.
+    """
+
+    pixels: torch.Tensor
     latents: torch.Tensor
     timings_s: dict[str, float] = field(default_factory=dict)
     steps_run: int = 0
+
+    @cached_property
+    def image(self) -> Image.Image:
+        """The RGB image, converted exactly as diffusers' ``postprocess(..., "pil")`` does."""
+        import numpy as np
+
+        array = (self.pixels[0] * 0.5 + 0.5).clamp(0, 1).permute(1, 2, 0).float().numpy()
+        return Image.fromarray((array * 255).round().astype(np.uint8))

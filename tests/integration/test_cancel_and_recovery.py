@@ -61,6 +61,10 @@ def test_many_jobs_load_the_model_once(cluster: Cluster, client: Client) -> None
     worker = cluster.start(ModelType.TURBO)
     handles = [client.generate(f"prompt {i % 2}", width=32, height=32) for i in range(6)]
     assert all(h.wait(60).status is JobStatus.SUCCEEDED for h in handles)
+    # The finisher thread counts a job just after it ends: poll briefly for the last one.
+    deadline = time.monotonic() + 10
+    while cluster.record(worker)["jobs_done"] != "6" and time.monotonic() < deadline:
+        time.sleep(0.05)
     record = cluster.record(worker)
     assert record["model_loads"] == "1"
     assert record["jobs_done"] == "6"

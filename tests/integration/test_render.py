@@ -12,6 +12,7 @@ from PIL import Image
 
 from common.errors import JobCancelled
 from common.job import JobKind, ModelType, new_job
+from worker.acceleration import ModelOptions
 from worker.models import load_model
 from worker.render import Renderer
 from worker.results import RenderInputs
@@ -23,7 +24,7 @@ SIDE = 64
 @pytest.fixture(scope="module")
 def renderer(tiny_models: dict[str, Path]) -> Renderer:
     """A warm renderer over the tiny edit checkpoint."""
-    return Renderer(load_model(ModelType.EDIT, str(tiny_models["edit"]), "cpu"))
+    return Renderer(load_model(ModelType.EDIT, str(tiny_models["edit"]), ModelOptions("cpu")))
 
 
 def png(image: Image.Image) -> bytes:

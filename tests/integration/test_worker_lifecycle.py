@@ -65,7 +65,8 @@ def test_hub_id_resolves_from_an_offline_cache_to_its_snapshot_revision(
     (repo / "snapshots").mkdir()
     (repo / "snapshots" / revision).symlink_to(tiny_models["turbo"], target_is_directory=True)
     script = ("from worker.models import load_model; from common.job import ModelType;"
-              "m = load_model(ModelType.TURBO, 'Tongyi-MAI/Z-Image-Turbo', 'cpu');"
+              "from worker.acceleration import ModelOptions;"
+              "m = load_model(ModelType.TURBO, 'Tongyi-MAI/Z-Image-Turbo', ModelOptions('cpu'));"
               "print(m.source.revision, m.source.pipeline_class)")
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
     loaded = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
