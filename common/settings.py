@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
@@ -131,6 +132,9 @@ def _dtype(raw: str) -> str:
                           f"got {raw!r}") from None
 
 
+_SIZE = re.compile(r"(\d{1,5})(?:x(\d{1,5}))?")
+
+
 def _sizes(env: Mapping[str, str], name: str,
            default: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
     """Comma-separated sizes, each ``SIDE`` or ``WIDTHxHEIGHT`` in pixels (16 to 4096)."""
@@ -139,12 +143,11 @@ def _sizes(env: Mapping[str, str], name: str,
         return default
     sizes = []
     for item in raw.split(","):
-        width, _, height = item.strip().lower().partition("x")
-        try:
-            size = (int(width), int(height or width))
-        except ValueError:
+        match = _SIZE.fullmatch(item.strip().lower())
+        if match is None:
             raise ConfigError(f"{name} must be sizes like 1024 or 768x1344, comma-separated; "
-                              f"got {item.strip()!r}") from None
+                              f"got {item.strip()!r}")
+        size = (int(match[1]), int(match[2] or match[1]))
         if not all(16 <= side <= 4096 for side in size):
             raise ConfigError(f"{name}: each side must be 16 to 4096 pixels, got {item.strip()!r}")
         sizes.append(size)

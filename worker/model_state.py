@@ -79,8 +79,9 @@ class ModelStateGuard:
 
     The weight tensors are listed once: a conversion such as ``module.to(dtype)``
     changes those very tensors in place, so checking them costs a fraction of a
-    millisecond per job instead of a walk over every submodule. A component swapped
-    for another object is caught by identity.
+    millisecond per job instead of a walk over every submodule. A conversion that
+    makes new tensors instead (a move to another kind of device), or a component
+    swapped for another object, is noticed by identity and measured afresh.
     """
 
     def __init__(self, pipeline: object) -> None:
@@ -89,15 +90,24 @@ class ModelStateGuard:
         self.weights = {name: _weights(module) for name, module in self.modules.items()}
         self.expected = footprint(self.weights)
 
+    def _same_objects(self, modules: dict[str, torch.nn.Module]) -> bool:
+        if modules.keys() != self.modules.keys():
+            return False
+        for name, module in modules.items():
+            listed = self.weights[name]
+            first = next(iter(module.parameters()), None)
+            if module is not self.modules[name] or (listed and first is not listed[0]):
+                return False
+        return True
+
     def check(self, after: str) -> None:
         """Raise ``WorkerBroken`` if any weight changed dtype, size or device."""
         modules = _modules(self.pipeline)
-        if modules.keys() != self.modules.keys() or any(
-                modules[name] is not module for name, module in self.modules.items()):
+        if self._same_objects(modules):
+            changed = differences(self.expected, footprint(self.weights))
+        else:
             found = footprint({name: _weights(module) for name, module in modules.items()})
             changed = differences(self.expected, found) or ["a component was replaced"]
-        else:
-            changed = differences(self.expected, footprint(self.weights))
         if changed:
             raise WorkerBroken(f"the loaded model changed during {after}: " + "; ".join(changed))
 

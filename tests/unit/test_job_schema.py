@@ -265,6 +265,13 @@ LIMITS: list[Any] = [
     ("guidance-str", "generate", {**GEN, "guidance": "4"}, "guidance", "number"),
     ("strength-bool", "edit", {**EDIT, "strength": True}, "strength", "number"),
     ("prompt-not-str", "generate", {"prompt": 42}, "prompt", "string"),
+    ("quality-png", "generate", {**GEN, "quality": 80}, "quality", "jpeg and webp only"),
+    ("quality-zero", "generate", {**GEN, "output_format": "jpeg", "quality": 0}, "quality",
+     "between 1 and 100"),
+    ("quality-101", "generate", {**GEN, "output_format": "webp", "quality": 101}, "quality",
+     "between 1 and 100"),
+    ("quality-str", "generate", {**GEN, "output_format": "jpeg", "quality": "90"}, "quality",
+     "integer"),
 ]
 
 
@@ -385,6 +392,8 @@ def test_unknown_model_in_from_dict() -> None:
         ("generate", {**GEN, "job_id": "A1_b.c-d"}),
         ("generate", {**GEN, "tags": {f"k{i}": "v" * 256 for i in range(32)}}),
         ("generate", {**GEN, "output_format": "JPEG"}),
+        ("generate", {**GEN, "output_format": "jpeg", "quality": 1}),
+        ("generate", {**GEN, "output_format": "webp", "quality": 100}),
         ("edit", {**EDIT, "strength": 1.0}),
         ("edit", {**EDIT, "strength": 0.01}),
         ("edit", {**EDIT, "mask": "uploads/ab/m.png"}),
@@ -399,3 +408,13 @@ def test_values_at_the_limits_are_accepted(kind: str, given: dict[str, Any]) -> 
             assert job.output_format is OutputFormat(value.lower())
         else:
             assert getattr(job, name) == value
+
+
+def test_quality_is_left_out_of_the_dict_unless_given() -> None:
+    # Specs written before ``quality`` existed must compare equal to the same job now.
+    plain = new_job("generate", prompt="p", seed=1, job_id="j1")
+    assert "quality" not in plain.to_dict()
+    assert JobSpec.from_dict(plain.to_dict()) == plain
+    lossy = new_job("generate", prompt="p", output_format="jpeg", quality=70)
+    assert lossy.to_dict()["quality"] == 70
+    assert JobSpec.from_dict(lossy.to_dict()) == lossy

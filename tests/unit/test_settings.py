@@ -58,6 +58,12 @@ OVERRIDES: list[tuple[str, str, str, Any]] = [
     ("ZQ_LATENT_CACHE_SIZE", "7", "latent_cache_size", 7),
     ("ZQ_PRESIGN_EXPIRY_S", "120", "presign_expiry_s", 120),
     ("ZQ_KEY_PREFIX", "zq-test", "key_prefix", "zq-test"),
+    ("ZQ_DTYPE", "bf16", "dtype", "bfloat16"),
+    ("ZQ_ATTENTION_BACKEND", "_flash_3", "attention_backend", "_flash_3"),
+    ("ZQ_COMPILE", "true", "compile", True),
+    ("ZQ_FP8", "1", "fp8", True),
+    ("ZQ_WARMUP_SIZE_PX", "1024, 768x1344", "warmup_sizes_px", ((1024, 1024), (768, 1344))),
+    ("ZQ_PNG_COMPRESS_LEVEL", "6", "png_compress_level", 6),
 ]
 
 
@@ -142,3 +148,24 @@ def test_visibility_timeout_is_above_job_timeout(timeout: int) -> None:
     settings = Settings.from_env({"ZQ_JOB_TIMEOUT_S": str(timeout)})
     assert settings.job_timeout_s == timeout
     assert settings.visibility_timeout_s > settings.job_timeout_s
+
+
+@pytest.mark.parametrize("raw", ["float8", "int4", "bfloat"])
+def test_unknown_dtype_names_the_variable_and_the_choices(raw: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"ZQ_DTYPE": raw})
+    assert "ZQ_DTYPE" in str(info.value) and "bfloat16" in str(info.value)
+
+
+@pytest.mark.parametrize(("raw", "words"), [("big", "sizes like 1024"),
+                                            ("1024x", "sizes like 1024"),
+                                            ("8", "16 to 4096"), ("1024x8192", "16 to 4096")])
+def test_bad_warmup_sizes_are_refused(raw: str, words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"ZQ_WARMUP_SIZE_PX": raw})
+    assert "ZQ_WARMUP_SIZE_PX" in str(info.value) and words in str(info.value)
+
+
+def test_png_compress_level_is_bounded() -> None:
+    with pytest.raises(ConfigError, match="ZQ_PNG_COMPRESS_LEVEL must be at most 9"):
+        Settings.from_env({"ZQ_PNG_COMPRESS_LEVEL": "10"})
