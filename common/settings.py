@@ -53,6 +53,8 @@ class Settings:
     warmup_sizes_px: tuple[tuple[int, int], ...] = ((64, 64),)
     max_wait_s: int = 3600
     exporter_port: int = 9401
+    # Rendered jobs that may wait for the finisher thread; 0 stores inline (GPU waits).
+    handoff_depth: int = 1
     # zlib level for PNG results: 1 encodes several times faster than 6 for ~10-20% more bytes.
     png_compress_level: int = 1
 
@@ -97,6 +99,7 @@ class Settings:
             warmup_sizes_px=_sizes(env, "ZQ_WARMUP_SIZE_PX", base.warmup_sizes_px),
             max_wait_s=_int(env, "ZQ_MAX_WAIT_S", base.max_wait_s, 0),
             exporter_port=_int(env, "ZQ_EXPORTER_PORT", base.exporter_port, 1),
+            handoff_depth=_int(env, "ZQ_HANDOFF_DEPTH", base.handoff_depth, 0, maximum=8),
             png_compress_level=_int(env, "ZQ_PNG_COMPRESS_LEVEL", base.png_compress_level, 0,
                                     maximum=9),
         )

@@ -123,7 +123,7 @@ class JobRunner:
 
     def __init__(self, settings: Settings, worker_id: str, jobs: JobStore, store: ObjectStore,
                  app: Celery, renderer: JobRenderer, hooks: HookSet | None = None,
-                 current: CurrentJob | None = None, finisher_depth: int = 1) -> None:
+                 current: CurrentJob | None = None) -> None:
         self.settings = settings
         self.worker_id = worker_id
         self.jobs = jobs
@@ -132,8 +132,11 @@ class JobRunner:
         self.renderer = renderer
         self.hooks = hooks or HookSet()
         self.current = current or CurrentJob()
-        self.finisher: Finisher[Rendered] = Finisher(self._store_and_finish, finisher_depth)
-        self.finisher.start()
+        # Depth 0: no hand-off, the job thread stores each result itself (for comparison).
+        self.finisher: Finisher[Rendered] | None = None
+        if settings.handoff_depth:
+            self.finisher = Finisher(self._store_and_finish, settings.handoff_depth)
+            self.finisher.start()
 
     def run(self, job_id: str) -> str:
         """Run the job if this worker can claim it; returns what happened (for logs/tests).
@@ -190,12 +193,16 @@ class JobRunner:
             return status.value
         timings.update(result.timings_s)
         self.current.hand_off(spec.job_id)
-        self.finisher.hand_off(Rendered(record, result, input_keys, timings))
+        rendered = Rendered(record, result, input_keys, timings)
+        if self.finisher is None:
+            self._store_and_finish(rendered)
+            return "stored"
+        self.finisher.hand_off(rendered)
         return "handed_off"
 
     def close(self, timeout_s: float) -> bool:
         """Store every rendered job before the worker exits; False if time ran out."""
-        return self.finisher.close(timeout_s)
+        return self.finisher is None or self.finisher.close(timeout_s)
 
     def _store_and_finish(self, rendered: Rendered) -> None:
         """On the finisher thread: store the result and end the job, however it goes."""

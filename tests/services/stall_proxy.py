@@ -7,6 +7,7 @@ storage endpoint stops answering; ``resume()`` lets the waiting bytes through.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -52,10 +53,8 @@ class StallProxy:
         self.flowing.set()
         for sock in [self._listener, *self._sockets]:
             if sock is not None:
-                try:
+                with contextlib.suppress(OSError):
                     sock.close()
-                except OSError:
-                    pass
 
     def _accept(self, listener: socket.socket) -> None:
         while not self._closed.is_set():
@@ -84,7 +83,5 @@ class StallProxy:
             pass
         finally:
             for sock in (source, sink):
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass

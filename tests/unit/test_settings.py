@@ -64,6 +64,7 @@ OVERRIDES: list[tuple[str, str, str, Any]] = [
     ("ZQ_FP8", "1", "fp8", True),
     ("ZQ_WARMUP_SIZE_PX", "1024, 768x1344", "warmup_sizes_px", ((1024, 1024), (768, 1344))),
     ("ZQ_PNG_COMPRESS_LEVEL", "6", "png_compress_level", 6),
+    ("ZQ_HANDOFF_DEPTH", "0", "handoff_depth", 0),
 ]
 
 
