@@ -144,6 +144,21 @@ def test_worker_pods(helm, values_file: str) -> None:
         assert container["ports"][0]["containerPort"] == 9400
 
 
+def test_serving_options_reach_each_worker_type(helm) -> None:
+    objects, _ = render("production-values.yaml")
+    env = {model: {k: v.get("value") for k, v in env_of(_container(d)).items()}
+           for model, d in workers(objects).items()}
+    assert env["turbo"]["ZQ_ATTENTION_BACKEND"] == "_flash_3"
+    assert (env["turbo"]["ZQ_COMPILE"], env["turbo"]["ZQ_FP8"]) == ("true", "true")
+    assert env["turbo"]["ZQ_WARMUP_SIZE_PX"] == "1024,768x1344"
+    # The other types keep the defaults: bf16 through auto, no compile, no FP8.
+    for model in ("edit", "base"):
+        assert env[model]["ZQ_DTYPE"] == "auto"
+        assert (env[model]["ZQ_COMPILE"], env[model]["ZQ_FP8"]) == ("false", "false")
+        assert env[model]["ZQ_ATTENTION_BACKEND"] == ""
+        assert env[model]["ZQ_WARMUP_SIZE_PX"] == "1024"
+
+
 def test_production_credentials_come_from_existing_secrets(helm) -> None:
     objects, _ = render("production-values.yaml")
     assert not by_kind(objects, "StatefulSet"), "no in-chart Redis"

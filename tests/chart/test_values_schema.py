@@ -12,6 +12,7 @@ INVALID = {
     "gpu-zero.yaml": ["/workers/turbo/gpu", "minimum"],
     "missing-s3-secret.yaml": ["/storage/s3/existingSecret"],
     "missing-redis-secret.yaml": ["/externalRedis/existingSecret"],
+    "unknown-dtype.yaml": ["/workers/base/dtype", "must be one of 'auto', 'bfloat16'"],
 }
 
 
