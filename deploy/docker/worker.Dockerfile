@@ -31,16 +31,18 @@ COPY common ./common
 COPY producer ./producer
 COPY worker ./worker
 COPY zq ./zq
-RUN pip install ".[worker]" \
+RUN pip install ".[worker,gpu]" \
  && python -c "import torch, diffusers, zq.cli; print('torch', torch.__version__, torch.version.cuda)"
 
 FROM ${CUDA_IMAGE}
 ENV DEBIAN_FRONTEND=noninteractive
+# gcc and Python's headers: with ZQ_COMPILE, Triton builds its kernel launchers at run time.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends software-properties-common gnupg \
  && add-apt-repository -y ppa:deadsnakes/ppa \
  && apt-get update \
  && apt-get install -y --no-install-recommends python3.11 \
+ && apt-get install -y --no-install-recommends gcc libc6-dev python3.11-dev \
  && apt-get purge -y software-properties-common gnupg && apt-get autoremove -y \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/venv /opt/venv
@@ -53,7 +55,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     HF_HOME=/models \
     HF_HUB_CACHE=/models \
     ZQ_DEVICE=cuda \
-    ZQ_METRICS_PORT=9400
+    ZQ_METRICS_PORT=9400 \
+    TRITON_CACHE_DIR=/tmp/triton \
+    TORCHINDUCTOR_CACHE_DIR=/tmp/inductor
 VOLUME ["/models"]
 EXPOSE 9400
 USER 10001:10001

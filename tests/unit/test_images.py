@@ -87,7 +87,7 @@ def test_image_runs_as_non_root_user(dockerfile: Path) -> None:
 def test_worker_image_is_the_gpu_one() -> None:
     steps = instructions(WORKER)
     run = installs(WORKER)
-    assert re.search(r"pip install [^\n]*\.\[worker\]", run), run
+    assert re.search(r"pip install [^\n]*\.\[worker,gpu\]", run), run
     assert "download.pytorch.org/whl/cu" in "\n".join(rest for _, rest in steps)
     stage = final_stage(WORKER)
     base = [rest for kw, rest in steps if kw == "ARG" and rest.startswith("CUDA_IMAGE=")]
