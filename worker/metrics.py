@@ -22,8 +22,10 @@ from worker.lru import LRUCache
 # From a 16 px tiny-model step (~5 ms) to a 2048 px base-model job (many minutes).
 PHASE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                    120.0, 300.0, 600.0, 1800.0, 3600.0)
-PHASES = ("queue_wait", "load_inputs", "text_encode", "denoise", "vae_decode", "image_encode",
-          "upload")
+# handoff_wait: how long a rendered job waited for the finisher thread; if it grows, storage
+# (not the GPU) is the bottleneck.
+PHASES = ("queue_wait", "load_inputs", "text_encode", "denoise", "vae_decode", "handoff_wait",
+          "image_encode", "upload")
 
 
 class WorkerMetrics:
