@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "RESULTS.md"
 HEADER = ("# Benchmark results\n\n"
           "Written by the scripts in `bench/`; each script replaces only its own section.\n"
-          "All numbers are from tiny random-weight checkpoints on CPU: compare the ratios\n"
-          "within one run, not the absolute times.\n")
+          "Unless a section says otherwise, numbers are from tiny random-weight checkpoints on\n"
+          "a CPU: compare the ratios within one run, not the absolute times.\n")
 
 if str(ROOT) not in sys.path:  # ``tests.services`` is not installed, only the packages are
     sys.path.insert(0, str(ROOT))
@@ -85,17 +85,17 @@ def command_line() -> str:
     return shlex.join(["python", shown, *sys.argv[1:]])
 
 
-def write_section(name: str, title: str, body: str) -> None:
-    """Print ``body`` and put it in RESULTS.md under ``title``, replacing any older run."""
+def write_section(name: str, title: str, body: str, path: Path = RESULTS) -> None:
+    """Print ``body`` and put it in ``path`` under ``title``, replacing any older run."""
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     section = (f"{begin}\n## {title}\n\n"
                f"Command: `{command_line()}`\n\nMachine: {machine_info()}\n\n"
                f"{body.strip()}\n{end}")
     print(section)
-    text = RESULTS.read_text() if RESULTS.exists() else HEADER
+    text = path.read_text() if path.exists() else HEADER
     if begin in text and end in text:
         head, rest = text.split(begin, 1)
         text = head + section + rest.split(end, 1)[1]
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
-    RESULTS.write_text(text)
+    path.write_text(text)

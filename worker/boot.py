@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("zq.worker")
 
+WARM_UP_PROMPTS = ("warm-up", "a detailed studio photograph of a product on a marble table, "
+                   "soft window light from the left, shallow depth of field, neutral background, "
+                   "high dynamic range, sharp focus on the label, commercial catalogue style")
+
 
 class ModelRenderer(Renderer):
     """The real renderer, describing its model for manifests."""
@@ -47,12 +51,17 @@ def warm_up(renderer: Renderer, sizes_px: tuple[tuple[int, int], ...] = ((64, 64
     ``ZQ_COMPILE``, compiles the transformer for each of them.
     """
     multiple = renderer.model.size_multiple
+    # A compiled transformer is specialised to the first shapes it sees and recompiled for
+    # new ones; a second, longer prompt makes the caption length dynamic here, at start-up,
+    # instead of during the first real job.
+    prompts = [WARM_UP_PROMPTS[0]] if not renderer.model.options.compile else WARM_UP_PROMPTS
     started = time.perf_counter()
     for width, height in sizes_px:
         width, height = (max(side - side % multiple, multiple) for side in (width, height))
-        job = new_job(JobKind.GENERATE, prompt="warm-up", seed=0, steps=2, width=width,
-                      height=height, model=ModelType.TURBO.value)
-        renderer.render(job, RenderInputs(), lambda done, total: False)
+        for prompt in prompts:
+            job = new_job(JobKind.GENERATE, prompt=prompt, seed=0, steps=2, width=width,
+                          height=height, model=ModelType.TURBO.value)
+            renderer.render(job, RenderInputs(), lambda done, total: False)
     return time.perf_counter() - started
 
 
