@@ -46,6 +46,8 @@ class WorkerRuntime:
 
 
 _runtime: WorkerRuntime | None = None
+# Celery's worker_main returns normally after a WorkerShutdown; ``zq worker`` exits with this.
+exit_code = 0
 
 
 def runtime() -> WorkerRuntime:
@@ -125,6 +127,8 @@ def _run(job_id: str) -> str:
         raise Reject(exc, requeue=True) from exc
     except WorkerBroken as exc:
         # The job is back in the queue; this process must not render another one.
+        global exit_code
+        exit_code = EXIT_MODEL_CHANGED
         log.critical("stopping the worker: %s", exc)
         raise WorkerShutdown(EXIT_MODEL_CHANGED) from exc
 
