@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,11 @@ def add_commands(commands: Any) -> None:
     tiny = commands.add_parser("make-tiny-models",
                                help="write tiny random-weight checkpoints (tests, demos)")
     tiny.add_argument("directory", type=Path)
+    tiny.add_argument("--real-shape", action="store_true",
+                      help="instead, one bfloat16 checkpoint with the released models' widths "
+                           "and reduced depth (~1.7 GB), served as turbo, edit and base")
+    tiny.add_argument("--layers", type=_positive_int, default=None,
+                      help="with --real-shape: transformer blocks to keep (default 1)")
     tiny.set_defaults(handler=make_tiny)
 
 
@@ -44,10 +50,10 @@ def run_worker(args: argparse.Namespace) -> int:
     model = ModelType(args.model)
     os.environ["ZQ_WORKER_MODEL"] = model.value
     name = args.name or f"zq-{model.value}@{socket.gethostname()}-{os.getpid()}"
-    from worker.celery_app import app
+    from worker import celery_app
 
-    app.worker_main(worker_argv(model, name, args.loglevel))
-    return 0
+    celery_app.app.worker_main(worker_argv(model, name, args.loglevel))
+    return celery_app.exit_code
 
 
 def probe_health(args: argparse.Namespace) -> int:
@@ -71,9 +77,34 @@ def probe_health(args: argparse.Namespace) -> int:
 
 
 def make_tiny(args: argparse.Namespace) -> int:
-    """Write the three tiny checkpoints and print where they are."""
-    from worker.tiny_models import make_tiny_models
+    """Write the three tiny checkpoints (or one real-shape one) and print where they are."""
+    if args.real_shape:
+        from worker.real_shape import make_real_shape_checkpoint, real_shape_configs
 
-    for model, path in make_tiny_models(args.directory).items():
+        layers = 1 if args.layers is None else args.layers
+        try:
+            real_shape_configs(layers)
+        except ValueError as exc:
+            print(f"--layers: {exc}", file=sys.stderr)
+            return 2
+        name = "real-shape" if layers == 1 else f"real-shape-{layers}-layers"
+        # Edit and base workers derive from the same weights: one copy serves all three.
+        path = make_real_shape_checkpoint(args.directory / name, layers=layers)
+        paths = {model.value: path for model in ModelType}
+    else:
+        if args.layers is not None:
+            print("--layers applies only with --real-shape", file=sys.stderr)
+            return 2
+        from worker.tiny_models import make_tiny_models
+
+        paths = make_tiny_models(args.directory)
+    for model, path in paths.items():
         print(f"{model}\t{path}")
     return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value

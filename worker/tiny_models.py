@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -58,7 +59,7 @@ _CHAT_TEMPLATE = (
 )
 
 
-def _make_tokenizer() -> Qwen2Tokenizer:
+def make_tokenizer() -> Qwen2Tokenizer:
     """Build a byte-level Qwen2 tokenizer in memory: 256 byte symbols, no merges."""
     vocab = {symbol: i for i, symbol in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
     for token in _QWEN_SPECIAL_TOKENS:
@@ -73,9 +74,21 @@ def _make_tokenizer() -> Qwen2Tokenizer:
     return tokenizer
 
 
+def fill_pad_tokens(transformer: ZImageTransformer2DModel) -> None:
+    """Give the transformer's ``*pad_token`` parameters values (all ones).
+
+    No weight init touches them, so they would stay as the constructor made them
+    (zeros), unlike a trained checkpoint's.
+    """
+    with torch.no_grad():
+        for name, param in transformer.named_parameters():
+            if name.endswith("pad_token"):
+                param.fill_(1.0)
+
+
 def _make_pipeline(seed: int) -> ZImagePipeline:
     """Build a tiny ZImagePipeline whose random weights depend only on ``seed``."""
-    tokenizer = _make_tokenizer()
+    tokenizer = make_tokenizer()
     # fork_rng keeps the caller's global RNG state untouched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -92,11 +105,7 @@ def _make_pipeline(seed: int) -> ZImagePipeline:
             axes_dims=[8, 4, 4],
             axes_lens=[1024, 512, 512],
         )
-        # Pad-token parameters are not covered by any weight init: give them values.
-        with torch.no_grad():
-            for name, param in transformer.named_parameters():
-                if name.endswith("pad_token"):
-                    param.fill_(1.0)
+        fill_pad_tokens(transformer)
         vae = AutoencoderKL(
             in_channels=3,
             out_channels=3,
@@ -145,12 +154,12 @@ def is_complete_checkpoint(path: Path) -> bool:
     )
 
 
-def make_tiny_checkpoint(path: Path, seed: int) -> Path:
-    """Write one tiny Z-Image text-to-image checkpoint to ``path`` and return ``path``.
+def write_checkpoint(path: Path, build: Callable[[], ZImagePipeline]) -> Path:
+    """Save the pipeline ``build()`` returns as a checkpoint at ``path``; return ``path``.
 
-    The same ``seed`` always gives the same weights. The checkpoint is written to a
-    temporary sibling folder and renamed into place, so a half-written checkpoint never
-    appears under ``path``. Does nothing when ``path`` already holds a complete one.
+    The checkpoint is written to a temporary sibling folder and renamed into place, so a
+    half-written checkpoint never appears under ``path``. Does nothing (and does not
+    call ``build``) when ``path`` already holds a complete one.
     """
     path = Path(path)
     if is_complete_checkpoint(path):
@@ -159,8 +168,8 @@ def make_tiny_checkpoint(path: Path, seed: int) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; a checkpoint is readable like any folder
-        transformers_logging.disable_progress_bar()  # a 2 MB write needs no progress bar
-        _make_pipeline(seed).save_pretrained(tmp, safe_serialization=True)
+        transformers_logging.disable_progress_bar()  # callers print paths, not progress bars
+        build().save_pretrained(tmp, safe_serialization=True)
         if is_complete_checkpoint(path):  # another process finished it meanwhile
             return path
         if path.exists():  # an incomplete leftover: replace it
@@ -174,6 +183,15 @@ def make_tiny_checkpoint(path: Path, seed: int) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def make_tiny_checkpoint(path: Path, seed: int) -> Path:
+    """Write one tiny Z-Image text-to-image checkpoint to ``path`` and return ``path``.
+
+    The same ``seed`` always gives the same weights. Written atomically, and kept when
+    ``path`` already holds a complete checkpoint (see :func:`write_checkpoint`).
+    """
+    return write_checkpoint(path, lambda: _make_pipeline(seed))
 
 
 def make_tiny_models(root: Path) -> dict[str, Path]:
