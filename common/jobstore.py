@@ -63,17 +63,17 @@ return {{'created', status}}
 _CLAIM = f"""
 local terminal = {_TERMINAL_LUA}
 local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return 'unknown' end
-if terminal[status] then return 'done' end
-if status == 'waiting' then return 'waiting' end
-if status == 'running' and redis.call('EXISTS', KEYS[2]) == 1 then return 'busy' end
+if not status then return {{'unknown'}} end
+if terminal[status] then return {{'done'}} end
+if status == 'waiting' then return {{'waiting'}} end
+if status == 'running' and redis.call('EXISTS', KEYS[2]) == 1 then return {{'busy'}} end
 local deliveries = redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
-if deliveries > tonumber(ARGV[3]) then return 'poison' end
+if deliveries > tonumber(ARGV[3]) then return {{'poison'}} end
 redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'started_at', ARGV[4],
            'step', 0)
 redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
 redis.call('SADD', KEYS[3], ARGV[5])
-return 'claimed'
+return {{'claimed', unpack(redis.call('HGETALL', KEYS[1]))}}
 """
 
 # KEYS: job, lease, running set, children set, unpublished set
@@ -129,6 +129,14 @@ redis.call('DEL', KEYS[2])
 table.insert(result, 1, status)
 return result
 """
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a claim did: ``outcome`` says ``claimed`` or why not; ``record`` once claimed."""
+
+    outcome: str
+    record: JobRecord | None = None
 
 
 @dataclass(frozen=True)
@@ -267,13 +275,21 @@ class JobStore:
             self.outbox.enqueue(kind, batch_id, str(meta["webhook"]))
 
     # -- worker side ----------------------------------------------------------
-    def claim(self, spec: JobSpec, worker_id: str, lease_ttl_s: int, max_deliveries: int) -> str:
-        """Try to take the job: ``claimed``, or why not (``done``, ``busy``, ``poison``...)."""
+    def claim(self, spec: JobSpec, worker_id: str, lease_ttl_s: int, max_deliveries: int
+              ) -> Claim:
+        """Try to take the job: ``claimed`` with the record as claimed, or why not.
+
+        The other outcomes are ``done``, ``waiting``, ``busy``, ``poison`` and ``unknown``.
+        """
         keys = [self.job_key(spec.job_id), self._lease_key(spec.job_id),
                 self._running_key(spec.model)]
         args: list[str | float | int] = [worker_id, lease_ttl_s, max_deliveries, time.time(),
                                          spec.job_id]
-        return cast(str, self._claim(keys=keys, args=args))
+        outcome, *flat = cast(list[str], self._claim(keys=keys, args=args))
+        if not flat:
+            return Claim(outcome)
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        return Claim(outcome, JobRecord.from_hash(fields))
 
     def renew_lease(self, job_id: str, worker_id: str, lease_ttl_s: int) -> None:
         """Keep the lease alive while the job runs (a heartbeat thread calls this)."""

@@ -152,18 +152,18 @@ class JobRunner:
         spec = record.spec
         claim = self.jobs.claim(spec, self.worker_id, self.settings.lease_ttl_s,
                                 self.settings.max_deliveries)
-        if claim == "poison":
+        if claim.outcome == "poison":
             error = PoisonJob(
                 f"delivered {self.settings.max_deliveries} times without finishing; parked")
             self._fail(spec, error)
             self.hooks.finished(JobOutcome(record, JobStatus.FAILED, error=error))
             return "poison"
-        if claim != "claimed":
-            log.info("job %s not run here: %s", job_id, claim)
-            return claim
+        if claim.record is None:
+            log.info("job %s not run here: %s", job_id, claim.outcome)
+            return claim.outcome
         self.current.set(job_id)
         try:
-            record = self.jobs.get(job_id)
+            record = claim.record
             self.hooks.started(record)
             return self._run_claimed(record)
         finally:

@@ -57,8 +57,8 @@ def test_child_waits_then_is_released_with_lineage(jobs: JobStore) -> None:
     assert jobs.submit(grandchild).status is JobStatus.WAITING
     assert (jobs.get(grandchild.job_id).root_id, jobs.get(grandchild.job_id).turn) == (
         parent.job_id, 2)
-    assert jobs.claim(parent, "w1", 10, 3) == "claimed"
-    assert jobs.claim(child, "w1", 10, 3) == "waiting"
+    assert jobs.claim(parent, "w1", 10, 3).outcome == "claimed"
+    assert jobs.claim(child, "w1", 10, 3).outcome == "waiting"
     released = jobs.finish(parent, JobStatus.SUCCEEDED, image="k")
     assert released == [child.job_id]
     assert jobs.release(child)
@@ -75,7 +75,7 @@ def test_finished_job_is_finished_once(jobs: JobStore) -> None:
     assert jobs.finish(spec, JobStatus.SUCCEEDED, image="a") == []
     assert jobs.finish(spec, JobStatus.FAILED, error="late") is None
     assert jobs.get(spec.job_id).status is JobStatus.SUCCEEDED
-    assert jobs.claim(spec, "w2", 10, 3) == "done"
+    assert jobs.claim(spec, "w2", 10, 3).outcome == "done"
 
 
 def test_failure_cascades_to_every_waiting_descendant(jobs: JobStore) -> None:
@@ -96,8 +96,15 @@ def test_failure_cascades_to_every_waiting_descendant(jobs: JobStore) -> None:
 def test_running_job_with_a_live_lease_is_not_claimed_twice(jobs: JobStore) -> None:
     spec = generate()
     jobs.submit(spec)
-    assert jobs.claim(spec, "w1", 30, 3) == "claimed"
-    assert jobs.claim(spec, "w2", 30, 3) == "busy"
+    claimed = jobs.claim(spec, "w1", 30, 3)
+    assert claimed.outcome == "claimed"
+    # The record comes back as the claim left it: no second read needed.
+    assert claimed.record == jobs.get(spec.job_id)
+    assert claimed.record is not None and claimed.record.spec == spec
+    assert (claimed.record.status, claimed.record.worker, claimed.record.deliveries) == (
+        JobStatus.RUNNING, "w1", 1)
+    busy = jobs.claim(spec, "w2", 30, 3)
+    assert (busy.outcome, busy.record) == ("busy", None)
     assert list(jobs.orphaned(ModelType.TURBO)) == []
 
 
@@ -110,16 +117,16 @@ def test_expired_lease_makes_the_job_an_orphan_to_requeue(jobs: JobStore) -> Non
     assert jobs.requeue(spec)
     assert jobs.get(spec.job_id).status is JobStatus.QUEUED
     assert spec.job_id in jobs.needs_publish(ModelType.TURBO)
-    assert jobs.claim(spec, "w2", 30, 3) == "claimed"
+    assert jobs.claim(spec, "w2", 30, 3).outcome == "claimed"
     assert jobs.get(spec.job_id).deliveries == 2
 
 
 def test_deliveries_beyond_the_limit_are_poison(jobs: JobStore) -> None:
     spec = generate()
     jobs.submit(spec)
-    assert jobs.claim(spec, "w1", 30, 1) == "claimed"
+    assert jobs.claim(spec, "w1", 30, 1).outcome == "claimed"
     jobs.redis.delete(f"{jobs.prefix}:lease:{spec.job_id}")
-    assert jobs.claim(spec, "w2", 30, 1) == "poison"
+    assert jobs.claim(spec, "w2", 30, 1).outcome == "poison"
 
 
 def test_cancel_queued_ends_it_and_its_waiting_children(jobs: JobStore) -> None:
@@ -130,7 +137,7 @@ def test_cancel_queued_ends_it_and_its_waiting_children(jobs: JobStore) -> None:
     found, children = jobs.cancel(parent.job_id)
     assert (found, children) == (JobStatus.QUEUED, [child.job_id])
     assert jobs.get(parent.job_id).status is JobStatus.CANCELLED
-    assert jobs.claim(parent, "w1", 30, 3) == "done"
+    assert jobs.claim(parent, "w1", 30, 3).outcome == "done"
     assert jobs.needs_publish(ModelType.TURBO) == []
 
 

@@ -434,7 +434,7 @@ def test_zq_webhooks_sends_a_finished_jobs_record_and_url(
     jobs = JobStore(client, prefix)
     spec = new_job(JobKind.GENERATE, prompt="a lantern", width=32, height=32, job_id="j-cli")
     jobs.submit(spec)
-    assert jobs.claim(spec, "w-test", 30, 3) == "claimed"
+    assert jobs.claim(spec, "w-test", 30, 3).outcome == "claimed"
     jobs.finish(spec, JobStatus.SUCCEEDED, image="results/j-cli.png",
                 manifest="results/j-cli.json")
     receiver = receivers()
