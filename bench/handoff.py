@@ -1,9 +1,10 @@
 """How much of a worker's time is spent off the model, with and without the hand-off.
 
 One real ``zq worker --model turbo`` process renders N back-to-back generate jobs (default
-100 at 256x256, turbo's 9 steps, distinct seeds) twice, in one run:
-``ZQ_HANDOFF_DEPTH=0`` (the job thread encodes, uploads and finishes each job itself,
-as before the hand-off) and the default hand-off to the finisher thread. From the
+100 at 256x256, turbo's 9 steps, distinct seeds) three times, in one run: as before the
+hand-off (``ZQ_HANDOFF_DEPTH=0``: the job thread encodes, uploads and finishes each job
+itself, with Pillow's default PNG level 6), inline with the fast PNG level, and with the
+default hand-off to the finisher thread. From the
 workers' manifests: wall = last ``finished_at`` - first ``started_at`` (claim), model
 time = sum of ``denoise`` + ``vae_decode`` (also shown with ``text_encode``), and the
 share outside = 1 - model / wall: the time a GPU would sit idle.
@@ -41,23 +42,25 @@ def make_jobs(n: int, side: int, steps: int, prompts: int) -> list[JobSpec]:
             for i in range(n)]
 
 
-def run_once(args: argparse.Namespace, checkpoint: Path, depth: int,
+def run_once(args: argparse.Namespace, checkpoint: Path, depth: int, png_level: int,
              workdir: Path) -> dict[str, float]:
-    """Render the jobs on a fresh worker with ``ZQ_HANDOFF_DEPTH=depth``; the shares."""
+    """Render the jobs on a fresh worker with the given hand-off depth and PNG level."""
     from producer.client import Client
     from zq.embedded_redis import start_redis
 
     jobs = make_jobs(args.jobs, args.size, args.steps, args.prompts)
     with ExitStack() as stack:
-        server = start_redis(workdir / f"redis-{depth}")
+        run = f"{depth}-{png_level}"
+        server = start_redis(workdir / f"redis-{run}")
         stack.callback(server.stop)
         env = {"ZQ_REDIS_URL": server.url, "ZQ_MODEL_TURBO": str(checkpoint),
                "ZQ_DEVICE": "cpu", "ZQ_KEY_PREFIX": f"zqh{uuid.uuid4().hex[:6]}",
-               "ZQ_HANDOFF_DEPTH": str(depth), "ZQ_WARMUP_SIZE_PX": str(args.size),
+               "ZQ_HANDOFF_DEPTH": str(depth), "ZQ_PNG_COMPRESS_LEVEL": str(png_level),
+               "ZQ_WARMUP_SIZE_PX": str(args.size),
                "ZQ_METRICS_PORT": "0", "HF_HUB_OFFLINE": "1",
                "OMP_NUM_THREADS": str(args.threads),
-               **storage_env(stack, workdir / f"store-{depth}", args.s3)}
-        start_worker(stack, env, workdir / f"worker-{depth}.log", args.timeout)
+               **storage_env(stack, workdir / f"store-{run}", args.s3)}
+        start_worker(stack, env, workdir / f"worker-{run}.log", args.timeout)
         client = Client(Settings.from_env(env))
         for job in jobs:
             client.submit(job)
@@ -93,23 +96,26 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="zq-bench-") as tmp:
         workdir = Path(tmp)
         checkpoint = make_tiny_checkpoint(workdir / "models" / "turbo", TINY_MODEL_SEEDS["turbo"])
-        inline = run_once(args, checkpoint, 0, workdir)
-        handed = run_once(args, checkpoint, 1, workdir)
+        before = run_once(args, checkpoint, 0, 6, workdir)
+        inline = run_once(args, checkpoint, 0, 1, workdir)
+        handed = run_once(args, checkpoint, 1, 1, workdir)
     store = "Ceph RGW (S3)" if args.s3 else "local directory"
     rows = [[name, f"{r['wall_s']:.2f}", f"{r['jobs_per_s']:.2f}", f"{r['outside']:.1%}",
              f"{r['outside_with_text']:.1%}"]
-            for name, r in (("inline (ZQ_HANDOFF_DEPTH=0)", inline),
+            for name, r in (("before: inline, PNG level 6", before),
+                            ("inline, PNG level 1 (ZQ_HANDOFF_DEPTH=0)", inline),
                             ("hand-off (default)", handed))]
-    speedup = handed["jobs_per_s"] / inline["jobs_per_s"]
-    phases = [[p, inline[f"mean_{p}"] * 1000, handed[f"mean_{p}"] * 1000] for p in PHASES]
+    speedup = handed["jobs_per_s"] / before["jobs_per_s"]
+    phases = [[p, before[f"mean_{p}"] * 1000, inline[f"mean_{p}"] * 1000,
+               handed[f"mean_{p}"] * 1000] for p in PHASES]
     body = (f"{args.jobs} generate jobs back to back, {args.size}x{args.size}, {args.steps} "
             f"steps, {args.prompts} distinct prompts, tiny turbo checkpoint, one worker with "
             f"torch threads {args.threads}, results in a {store}.\n\n"
             + table(["mode", "wall s", "jobs/s", "outside denoise + VAE decode",
                      "outside text encode + denoise + VAE decode"], rows)
-            + f"\n\nThroughput with the hand-off: {speedup:.2f}x inline."
+            + f"\n\nThroughput with the hand-off: {speedup:.2f}x before."
             "\n\nMean per-job phases (ms, manifest `timings_s`):\n\n"
-            + table(["phase", "inline", "hand-off"], phases)
+            + table(["phase", "before", "inline, level 1", "hand-off"], phases)
             + "\n\n'Outside' is the share of the worker's wall time (first claim to last finish) "
             "not spent in the model: on a GPU, idle time. With the hand-off, image_encode and "
             "upload still happen, on the finisher thread, overlapped with the next render; "

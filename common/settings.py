@@ -55,7 +55,7 @@ class Settings:
     exporter_port: int = 9401
     # Rendered jobs that may wait for the finisher thread; 0 stores inline (GPU waits).
     handoff_depth: int = 1
-    # zlib level for PNG results: 1 encodes several times faster than 6 for ~10-20% more bytes.
+    # zlib level for PNG results: 1 is ~25% faster than Pillow's 6 for ~10% more bytes.
     png_compress_level: int = 1
 
     @property

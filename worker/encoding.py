@@ -8,8 +8,8 @@ from PIL import Image
 
 from common.job import OutputFormat
 
-# zlib level 1 writes a 1024x1024 PNG several times faster than Pillow's default (6)
-# for files ~10-20% larger: the right trade on a worker that must keep a GPU fed.
+# zlib level 1 wrote a 1024x1024 picture in 110 ms against 146 ms for Pillow's default
+# (6), for a file ~10% larger: the better trade on a worker that must keep a GPU fed.
 DEFAULT_PNG_COMPRESS_LEVEL = 1
 DEFAULT_QUALITY = {OutputFormat.JPEG: 90, OutputFormat.WEBP: 90}
 

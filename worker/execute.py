@@ -53,6 +53,9 @@ log = logging.getLogger("zq.worker")
 # Storage retries in the finisher, seconds between tries: the rendered image is kept,
 # so a short outage costs a wait, not a second render. After the last, the job requeues.
 STORE_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0)
+# How long the finisher lets the job thread take the next job before storing the last one
+# (the next render usually starts within a few ms; with no next job, this is the delay).
+HANDOFF_GRACE_S = 0.02
 
 
 class JobRenderer(Protocol):
@@ -78,6 +81,9 @@ class CurrentJob:
     started: float = 0.0
     finishing: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Set while the job thread runs the model: the finisher starts its work then, not in
+    # the few milliseconds the job thread needs (and the GIL) to fetch and claim the next job.
+    rendering: threading.Event = field(default_factory=threading.Event)
 
     def set(self, job_id: str | None) -> None:
         """Mark ``job_id`` as rendering (None when the job thread is idle)."""
@@ -135,7 +141,7 @@ class JobRunner:
         # Depth 0: no hand-off, the job thread stores each result itself (for comparison).
         self.finisher: Finisher[Rendered] | None = None
         if settings.handoff_depth:
-            self.finisher = Finisher(self._store_and_finish, settings.handoff_depth)
+            self.finisher = Finisher(self._finish_handed_off, settings.handoff_depth)
             self.finisher.start()
 
     def run(self, job_id: str) -> str:
@@ -177,7 +183,11 @@ class JobRunner:
             started = time.perf_counter()
             inputs, input_keys = self._inputs(spec)
             timings["load_inputs"] = time.perf_counter() - started
-            result = self.renderer.render(spec, inputs, self._progress(spec))
+            self.current.rendering.set()
+            try:
+                result = self.renderer.render(spec, inputs, self._progress(spec))
+            finally:
+                self.current.rendering.clear()
         except StorageError as exc:
             self._retry_later(spec, exc)
             return "requeued"
@@ -204,8 +214,13 @@ class JobRunner:
         """Store every rendered job before the worker exits; False if time ran out."""
         return self.finisher is None or self.finisher.close(timeout_s)
 
+    def _finish_handed_off(self, rendered: Rendered) -> None:
+        """On the finisher thread: once the next render is under way, store and finish."""
+        self.current.rendering.wait(HANDOFF_GRACE_S)
+        self._store_and_finish(rendered)
+
     def _store_and_finish(self, rendered: Rendered) -> None:
-        """On the finisher thread: store the result and end the job, however it goes."""
+        """Store the result and end the job, however it goes."""
         record, spec = rendered.record, rendered.record.spec
         rendered.timings["handoff_wait"] = time.perf_counter() - rendered.handed_off
         try:
