@@ -35,7 +35,8 @@ from common.job import JobKind, JobSpec, ModelType, new_job
 from common.settings import Settings
 from common.status import JobStatus
 
-PHASES = ("load_inputs", "text_encode", "denoise", "vae_decode", "image_encode", "upload")
+PHASES = ("load_inputs", "text_encode", "denoise", "vae_decode", "handoff_wait", "image_encode",
+          "upload")
 WORKER = "bench-turbo@bench"
 
 
@@ -176,7 +177,7 @@ def main() -> None:
     phased = sum(sum(t.get(p, 0.0) for p in PHASES) for t in queue_timings) / n
     phase_rows.append(["sum of phases", mean_ms(sum(t.values()) for t in local_timings),
                        phased * 1000])
-    phase_rows.append(["rest of worker time (claim, manifest PUT, finish)", "-",
+    phase_rows.append(["rest of worker time (claim, manifest PUT, finish, hooks)", "-",
                        mean_ms(per_job) - phased * 1000])
     body = (f"{n} generate jobs, {args.size}x{args.size}, {args.steps} steps, tiny turbo "
             f"checkpoint, torch threads {args.threads} on both sides, one worker.\n\n"
@@ -187,7 +188,12 @@ def main() -> None:
             f"{table(['phase', 'in-process', 'queue worker (manifest timings_s)'], phase_rows)}"
             "\n\n'mean worker ms/job' is `finished_at - started_at` (claim to finish, as the "
             "worker records it); wall/N also includes Celery delivery, ack and the gaps "
-            "between jobs. The queue's denoise includes one Redis progress report per step.")
+            "between jobs. The queue's denoise includes one Redis progress report per step. "
+            "Storing (handoff_wait, image_encode, upload, the manifest PUT, finish) runs on the "
+            "worker's finisher thread while the next job renders, so a job's claim-to-finish "
+            "time overlaps the next one's; with jobs this small on 2 cores (the model, the "
+            "finisher and, with --s3, Ceph's daemons share the CPU) the overlap gains little. "
+            "`bench/handoff.py` measures the hand-off itself.")
     write_section(f"queue_overhead{'_s3' if args.s3 else ''}",
                   f"queue_overhead ({store})", body)
 
