@@ -30,7 +30,6 @@ import gc
 import importlib
 import math
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -264,13 +263,9 @@ def spawn_worker(stack: ExitStack, env: dict[str, str], log_path: Path) -> subpr
 
 def stop_worker(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM (the worker drains its finisher), then SIGKILL; safe to call twice."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(30)
+    from zq.processes import stop
+
+    stop(proc, timeout_s=60)
 
 
 def wait_ready(proc: subprocess.Popen[bytes], env: dict[str, str], log_path: Path,

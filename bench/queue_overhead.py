@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -89,21 +88,14 @@ def start_worker(stack: ExitStack, env: dict[str, str], log: Path, timeout_s: fl
     """Start ``zq worker --model turbo``, stopped (SIGTERM, then SIGKILL) when ``stack`` closes."""
     import redis
 
+    from zq.processes import stop
+
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "zq", "worker", "--model", "turbo",
                                  "--name", WORKER, "--loglevel", "WARNING"],
                                 env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
 
-    def stop() -> None:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(30)
-
-    stack.callback(stop)
+    stack.callback(stop, proc, 30)
     registry = redis.Redis.from_url(env["ZQ_REDIS_URL"], decode_responses=True)
     deadline = time.monotonic() + timeout_s
     while registry.hget(f"{env['ZQ_KEY_PREFIX']}:worker:{WORKER}", "ready") != "1":
