@@ -2,8 +2,8 @@
 
 The pipeline class comes from the checkpoint's ``model_index.json``, never from a
 constant: a text-to-image checkpoint (turbo, base) serves generate jobs directly and
-edit/refine jobs through image-to-image and inpainting pipelines derived from the
-same weights with ``from_pipe`` (no reload). An instruction-editing checkpoint
+edit/refine jobs through image-to-image and inpainting pipelines built at load
+around the same modules (no reload, no dtype conversion). An instruction-editing checkpoint
 (``ZImageOmniPipeline``, not yet released) plugs in behind the same ``Editor`` seam.
 """
 
