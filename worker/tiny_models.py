@@ -170,6 +170,10 @@ def write_checkpoint(path: Path, build: Callable[[], ZImagePipeline]) -> Path:
         tmp.chmod(0o755)  # mkdtemp makes it private; a checkpoint is readable like any folder
         transformers_logging.disable_progress_bar()  # callers print paths, not progress bars
         build().save_pretrained(tmp, safe_serialization=True)
+        # safetensors writes its files owner-only: a worker running as another user (the
+        # image's uid 10001, say) could not read a checkpoint made by root.
+        for written in tmp.rglob("*"):
+            written.chmod(0o755 if written.is_dir() else 0o644)
         if is_complete_checkpoint(path):  # another process finished it meanwhile
             return path
         if path.exists():  # an incomplete leftover: replace it

@@ -54,6 +54,9 @@ def test_make_tiny_models_command_writes_loadable_checkpoints(tmp_path: Path) ->
     for path in listed.values():
         index = json.loads((Path(path) / "model_index.json").read_text())
         assert index["_class_name"] == "ZImagePipeline"
+        # Readable by a worker running as another user (weights included).
+        for written in Path(path).rglob("*"):
+            assert written.stat().st_mode & 0o004, f"{written} is not world-readable"
 
 
 def test_hub_id_resolves_from_an_offline_cache_to_its_snapshot_revision(
