@@ -75,7 +75,6 @@ class DerivedEditor:
     """
 
     def __init__(self, base: Pipeline) -> None:
-        self.base = base
         self.img2img = derive(ZImageImg2ImgPipeline, base)
         self.inpaint = derive(ZImageInpaintPipeline, base)
 

@@ -10,7 +10,9 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from common.layout import job_prefix
 from common.settings import Settings
+from common.status import JobRecord
 from producer.client import Client
 from tests.conftest import require
 from tests.integration.cluster import Cluster
@@ -92,6 +94,14 @@ def new_cluster(redis_server: RedisServer, rgw: RgwServer, tiny_models: dict[str
     prefix = f"zq{uuid.uuid4().hex[:8]}"
     env = cluster_env(redis_server, rgw, make_bucket(rgw), tiny_models, prefix)
     return Cluster(env=env, logs=logs, redis_url=redis_server.url, prefix=prefix)
+
+
+def stored_names(client: Client, record: JobRecord) -> list[str]:
+    """The file names stored under a job's folder in the cluster's bucket, sorted."""
+    store = client.store
+    listing = store.client.list_objects_v2(  # type: ignore[attr-defined]
+        Bucket=store.bucket, Prefix=store._key(job_prefix(record.spec)))  # type: ignore[attr-defined]
+    return sorted(item["Key"].rsplit("/", 1)[1] for item in listing.get("Contents", []))
 
 
 def client_for(cluster: Cluster) -> Client:

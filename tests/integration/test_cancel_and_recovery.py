@@ -14,6 +14,7 @@ from common.settings import Settings
 from common.status import JobRecord, JobStatus
 from producer.client import Client, JobHandle
 from tests.integration.cluster import Cluster
+from tests.integration.conftest import stored_names
 
 pytestmark = pytest.mark.integration
 # A job slow enough on the tiny model (~0.05 s a step) to be caught mid-way.
@@ -87,8 +88,7 @@ def test_killed_worker_job_completes_once_on_a_restarted_worker(cluster: Cluster
     assert record.deliveries == 2
     # Recovery came from the lease, long before Redis would redeliver the message.
     assert recovery_s < Settings.from_env(cluster.env).visibility_timeout_s / 10
-    keys = _keys_under(client, job_prefix(record.spec))
-    assert sorted(k.rsplit("/", 1)[1] for k in keys) == ["image.png", "manifest.json"]
+    assert stored_names(client, record) == ["image.png", "manifest.json"]
 
 
 def test_job_running_on_one_worker_is_not_run_by_another(cluster: Cluster,
@@ -124,10 +124,3 @@ def test_job_that_keeps_killing_workers_is_parked(cluster: Cluster, client: Clie
     assert record.status is JobStatus.FAILED
     assert record.error_code == "poison"
     assert "delivered 1 times" in (record.error or "")
-
-
-def _keys_under(client: Client, prefix: str) -> list[str]:
-    store = client.store
-    listing = store.client.list_objects_v2(  # type: ignore[attr-defined]
-        Bucket=store.bucket, Prefix=store._key(prefix))  # type: ignore[attr-defined]
-    return [item["Key"] for item in listing.get("Contents", [])]

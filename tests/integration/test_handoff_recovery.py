@@ -16,10 +16,10 @@ import pytest
 from PIL import Image
 
 from common.job import ModelType
-from common.layout import job_prefix
 from common.status import JobRecord, JobStatus
 from producer.client import Client, JobHandle
 from tests.integration.cluster import Cluster, WorkerProcess
+from tests.integration.conftest import stored_names
 from tests.services.stall_proxy import StallProxy
 
 pytestmark = pytest.mark.integration
@@ -48,20 +48,20 @@ def wait_in_handoff(cluster: Cluster, worker: WorkerProcess, handle: JobHandle,
                          f"{worker.log_text()[-3000:]}")
 
 
-def stored_names(client: Client, record: JobRecord) -> list[str]:
-    store = client.store
-    listing = store.client.list_objects_v2(  # type: ignore[attr-defined]
-        Bucket=store.bucket, Prefix=store._key(job_prefix(record.spec)))  # type: ignore[attr-defined]
-    return sorted(item["Key"].rsplit("/", 1)[1] for item in listing.get("Contents", []))
+def stall_while_storing(cluster: Cluster, client: Client, proxy: StallProxy, name: str,
+                        prompt: str) -> tuple[WorkerProcess, JobHandle, JobRecord]:
+    """A worker whose storage stalls, and a job it has rendered but cannot store yet."""
+    worker = cluster.start(ModelType.TURBO, name=name,
+                           extra_env={"ZQ_S3_ENDPOINT_URL": proxy.url})
+    proxy.stall()
+    job = client.generate(prompt, **QUICK)
+    return worker, job, wait_in_handoff(cluster, worker, job)
 
 
 def test_worker_killed_while_storing_loses_nothing_and_runs_the_job_once_more(
         cluster: Cluster, client: Client, proxy: StallProxy) -> None:
-    first = cluster.start(ModelType.TURBO, name="first@test",
-                          extra_env={"ZQ_S3_ENDPOINT_URL": proxy.url})
-    proxy.stall()
-    job = client.generate("stored by someone else", **QUICK)
-    held = wait_in_handoff(cluster, first, job)
+    first, job, held = stall_while_storing(cluster, client, proxy, "first@test",
+                                           "stored by someone else")
     assert held.worker == "first@test" and held.image is None
     time.sleep(1.0)  # several lease renewals: the finisher's job keeps its lease
     assert job.status().status is JobStatus.RUNNING
@@ -79,11 +79,8 @@ def test_worker_killed_while_storing_loses_nothing_and_runs_the_job_once_more(
 
 def test_warm_shutdown_stores_the_rendered_job_before_exiting(
         cluster: Cluster, client: Client, proxy: StallProxy) -> None:
-    worker = cluster.start(ModelType.TURBO, name="draining@test",
-                           extra_env={"ZQ_S3_ENDPOINT_URL": proxy.url})
-    proxy.stall()
-    job = client.generate("finish me first", **QUICK)
-    wait_in_handoff(cluster, worker, job)
+    worker, job, _ = stall_while_storing(cluster, client, proxy, "draining@test",
+                                         "finish me first")
     worker.proc.send_signal(signal.SIGTERM)
     time.sleep(2.0)
     assert worker.proc.poll() is None, "the worker exited with a rendered job unstored"
