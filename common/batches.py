@@ -31,14 +31,18 @@ redis.call('SADD', KEYS[2], ARGV[2])
 return 1
 """
 
-# KEYS: batch hash, pending set. ARGV: job id or '' (seal). Returns 1 when the batch
-# finished now (sealed, nothing pending, not reported before).
+# KEYS: batch hash, pending set, rows hash. ARGV: job id or '' (seal), now, ttl. Returns 1
+# when the batch finished now (sealed, nothing pending, not reported before); a finished
+# batch's records expire after the retention time (0 keeps them).
 _SETTLE = """
 if ARGV[1] ~= '' then redis.call('SREM', KEYS[2], ARGV[1]) else
   redis.call('HSET', KEYS[1], 'sealed', 1) end
 if redis.call('HGET', KEYS[1], 'sealed') ~= '1' then return 0 end
 if redis.call('SCARD', KEYS[2]) > 0 then return 0 end
 if redis.call('HSETNX', KEYS[1], 'finished_at', ARGV[2]) == 0 then return 0 end
+if tonumber(ARGV[3]) > 0 then
+  for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, ARGV[3]) end
+end
 return 1
 """
 
@@ -56,9 +60,10 @@ class BatchRow:
 class BatchStore:
     """Batch records beside the job records (same Redis, same key prefix)."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "zq") -> None:
+    def __init__(self, client: redis.Redis, prefix: str = "zq", record_ttl_s: int = 0) -> None:
         self.redis = client
         self.prefix = prefix
+        self.record_ttl_s = record_ttl_s
         self._add = client.register_script(_ADD)
         self._settle = client.register_script(_SETTLE)
 
@@ -105,14 +110,9 @@ class BatchStore:
         """Mark every row added; True if that finished the batch (all its jobs had ended)."""
         return self._settle_one(batch_id, "")
 
-    def job_ended(self, job_id: str) -> list[str]:
-        """Tell every batch holding ``job_id`` that it ended; returns the batches it finished."""
-        batches = cast(set[str], self.redis.smembers(self._job_batches(job_id)))
-        return sorted(b for b in batches if self._settle_one(b, job_id))
-
     def _settle_one(self, batch_id: str, job_id: str) -> bool:
-        keys = [self._key(batch_id), self._key(batch_id, ":pending")]
-        return bool(self._settle(keys=keys, args=[job_id, time.time()]))
+        keys = [self._key(batch_id), self._key(batch_id, ":pending"), self._key(batch_id, ":rows")]
+        return bool(self._settle(keys=keys, args=[job_id, time.time(), self.record_ttl_s]))
 
     def finished_at(self, batch_id: str) -> float | None:
         """When the batch's last job ended, or None while it runs."""

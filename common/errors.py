@@ -28,12 +28,35 @@ class InvalidJob(ZqError, ValueError):
         super().__init__(f"{field}: {limit}{shown}")
 
 
+class BadInputImage(InvalidJob):
+    """An input image (source, parent or mask) is unreadable, disguised or too large.
+
+    At the client it is an ``InvalidJob`` like any other (nothing is uploaded); the
+    worker records it as ``InputImageError`` (``input_invalid``).
+    """
+
+
 class JobConflict(ZqError):
     """A job id was submitted again with a different spec; ids are idempotency keys."""
 
 
 class JobNotFound(ZqError, LookupError):
     """No job with that id is known to the queue."""
+
+
+class UnknownParent(InvalidJob, JobNotFound):
+    """A job names a parent the queue does not know: the submitter's mistake, field named."""
+
+    def __init__(self, parent_id: object) -> None:
+        super().__init__("parent_id", "no job with this id is known", parent_id)
+
+
+class InvalidManifest(ZqError, ValueError):
+    """A batch manifest cannot be read as a whole (missing file, encoding, columns).
+
+    Problems with single rows are not this: they are reported per row and the other
+    rows still go in.
+    """
 
 
 class StorageError(ZqError):
@@ -94,6 +117,12 @@ class JobTimedOut(JobFailed):
     code = "timeout"
 
 
+class StorageUnavailable(JobFailed):
+    """Storage (or Redis) stayed unreachable past the job's retry budget."""
+
+    code = "storage_unavailable"
+
+
 class WorkerError(JobFailed):
     """The pipeline raised something unexpected (a bug, a GPU error); the worker lives on."""
 
@@ -114,6 +143,11 @@ class ConfigError(ZqError):
 
 class TransientError(ZqError):
     """Trouble that may pass (a storage or broker hiccup): the job is retried."""
+
+
+class ServiceUnavailable(TransientError):
+    """Redis cannot be reached, so going on is pointless; running the same command again
+    later finishes what was started (submission is idempotent)."""
 
 
 def _short(value: object, limit: int = 80) -> str:

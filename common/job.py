@@ -217,6 +217,7 @@ def _validate(job: JobSpec) -> None:
     _check_numbers(job)
     _check_tags(job.tags)
     _check_quality(job)
+    _check_text(job)
 
 
 def _check_id(name: str, value: object) -> None:
@@ -321,6 +322,27 @@ def _check_quality(job: JobSpec) -> None:
                          job.quality)
     if not MIN_QUALITY <= job.quality <= MAX_QUALITY:
         raise InvalidJob("quality", f"between {MIN_QUALITY} and {MAX_QUALITY}", job.quality)
+
+
+def _check_text(job: JobSpec) -> None:
+    """Every string must encode as UTF-8, or it passes here and breaks on the worker."""
+    named: list[tuple[str, object]] = [(name, getattr(job, name)) for name in _TEXT_FIELDS]
+    named += [("tags", text) for pair in job.tags.items() for text in pair]
+    for name, value in named:
+        if isinstance(value, str) and not _encodable(value):
+            raise InvalidJob(name, "must be valid Unicode text (no lone surrogates)", value)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+_TEXT_FIELDS = ("prompt", "negative_prompt", "job_id", "conversation_id", "parent_id",
+                "source_image", "mask")
 
 
 def _check_tags(tags: object) -> None:

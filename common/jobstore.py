@@ -18,7 +18,7 @@ from typing import cast
 import redis
 
 from common.batches import BatchStore
-from common.errors import JobConflict, JobNotFound, ParentFailed
+from common.errors import JobConflict, JobNotFound
 from common.job import JobSpec, ModelType
 from common.status import TERMINAL, JobRecord, JobStatus
 from common.webhooks import WebhookOutbox, validate_webhook_url
@@ -60,6 +60,8 @@ return {{'created', status}}
 """
 
 # KEYS: job, lease, running set. ARGV: worker id, lease ttl s, max deliveries, now, job id
+# A job put back for a later retry (``not_before``) is not taken early: the retry
+# schedule publishes it again when it is due.
 _CLAIM = f"""
 local terminal = {_TERMINAL_LUA}
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -67,6 +69,8 @@ if not status then return {{'unknown'}} end
 if terminal[status] then return {{'done'}} end
 if status == 'waiting' then return {{'waiting'}} end
 if status == 'running' and redis.call('EXISTS', KEYS[2]) == 1 then return {{'busy'}} end
+local not_before = tonumber(redis.call('HGET', KEYS[1], 'not_before') or '0')
+if status == 'queued' and not_before > tonumber(ARGV[4]) then return {{'later'}} end
 local deliveries = redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
 if deliveries > tonumber(ARGV[3]) then return {{'poison'}} end
 redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'started_at', ARGV[4],
@@ -76,56 +80,195 @@ redis.call('SADD', KEYS[3], ARGV[5])
 return {{'claimed', unpack(redis.call('HGETALL', KEYS[1]))}}
 """
 
-# KEYS: job, lease, running set, children set, unpublished set
-# ARGV: status, now, then field/value pairs to set
-# Returns the waiting children; on success they are moved to queued first.
-_FINISH = f"""
-local terminal = {_TERMINAL_LUA}
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status or terminal[status] then return false end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2])
-for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('DEL', KEYS[2])
-redis.call('SREM', KEYS[3], string.match(KEYS[1], '[^:]+$'))
-local children = redis.call('SMEMBERS', KEYS[4])
-redis.call('DEL', KEYS[4])
-return children
+# Lua shared by every script that ends a job: a job's end, the release or failure of
+# the children waiting on it, its batches' bookkeeping, the webhooks it owes and the
+# expiry of its record happen in one script, so no crash can leave half of them done.
+# Expects locals: prefix, now, ttl (seconds, 0 keeps records).
+_ENDING_LIB = """
+local terminal = """ + _TERMINAL_LUA + """
+local function job_key(id) return prefix .. ':job:' .. id end
+
+local function owe_webhook(kind, id, url)
+  local record = prefix .. ':webhook:' .. kind .. ':' .. id
+  if redis.call('EXISTS', record) == 1 then return end
+  local member = kind .. ':' .. id
+  redis.call('HSET', record, 'kind', kind, 'id', id, 'url', url,
+             'delivery_id', string.sub(redis.sha1hex(member .. ':' .. now), 1, 32),
+             'status', 'pending', 'attempts', 0, 'created_at', now, 'next_attempt_at', now)
+  redis.call('ZADD', prefix .. ':webhooks:due', now, member)
+end
+
+local function expire(key)
+  if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+end
+
+local function settle_batches(id)
+  local index = prefix .. ':jobbatches:' .. id
+  for _, batch in ipairs(redis.call('SMEMBERS', index)) do
+    local key = prefix .. ':batch:' .. batch
+    redis.call('SREM', key .. ':pending', id)
+    if redis.call('HGET', key, 'sealed') == '1' and redis.call('SCARD', key .. ':pending') == 0
+        and redis.call('HSETNX', key, 'finished_at', now) == 1 then
+      local ok, meta = pcall(cjson.decode, redis.call('HGET', key, 'meta') or 'null')
+      if ok and type(meta) == 'table' and type(meta.webhook) == 'string'
+          and meta.webhook ~= '' then
+        local kind = meta.webhook_kind
+        if type(kind) ~= 'string' or kind == '' then kind = 'batch' end
+        owe_webhook(kind, batch, meta.webhook)
+      end
+      expire(key)
+      expire(key .. ':rows')
+      expire(key .. ':pending')
+    end
+  end
+  expire(index)
+end
+
+-- The record of ``id`` has just become terminal.
+local function ended(id)
+  settle_batches(id)
+  local url = redis.call('HGET', job_key(id), 'webhook')
+  if url then owe_webhook('job', id, url) end
+  expire(job_key(id))
+end
+
+-- Waiting children of a job that succeeded go to queued, into their model's unpublished
+-- set: whoever ended the job publishes them, or the recovery loop does if it died first.
+local function release_children(id)
+  local released = {}
+  local key = prefix .. ':children:' .. id
+  for _, child in ipairs(redis.call('SMEMBERS', key)) do
+    local child_key = job_key(child)
+    if redis.call('HGET', child_key, 'status') == 'waiting' then
+      local spec = cjson.decode(redis.call('HGET', child_key, 'spec'))
+      redis.call('HSET', child_key, 'status', 'queued', 'queued_at', now)
+      redis.call('ZADD', prefix .. ':unpublished:' .. spec.model, now, child)
+      table.insert(released, child)
+    end
+  end
+  redis.call('DEL', key)
+  return released
+end
+
+-- Every waiting descendant of a job that did not succeed fails with ``reason``.
+local function fail_descendants(id, reason)
+  local failed = {}
+  local pending = {id}
+  while #pending > 0 do
+    local key = prefix .. ':children:' .. table.remove(pending)
+    for _, child in ipairs(redis.call('SMEMBERS', key)) do
+      local status = redis.call('HGET', job_key(child), 'status')
+      if status and not terminal[status] then
+        redis.call('HSET', job_key(child), 'status', 'failed', 'finished_at', now,
+                   'error', reason, 'error_code', 'parent_failed')
+        table.insert(failed, child)
+        table.insert(pending, child)
+        ended(child)
+      end
+    end
+    redis.call('DEL', key)
+  end
+  return failed
+end
 """
 
-# KEYS: job, unpublished set. ARGV: now, job id
-_RELEASE = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'waiting' then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'queued', 'queued_at', ARGV[1])
-redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+# KEYS: job, lease, running set
+# ARGV: prefix, status, now, ttl, job id, reason for failed descendants, then field/value pairs
+# Returns {released children, failed descendants}, or false if the job had already ended.
+_FINISH = """
+local prefix, now, ttl = ARGV[1], ARGV[3], tonumber(ARGV[4])
+""" + _ENDING_LIB + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or terminal[status] then return false end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', now)
+for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('HDEL', KEYS[1], 'not_before')
+redis.call('DEL', KEYS[2])
+redis.call('SREM', KEYS[3], ARGV[5])
+local released, failed = {}, {}
+if ARGV[2] == 'succeeded' then
+  released = release_children(ARGV[5])
+else
+  failed = fail_descendants(ARGV[5], ARGV[6])
+end
+ended(ARGV[5])
+return {released, failed}
+"""
+
+# KEYS: job. ARGV: prefix, unused, now, ttl, job id. Settles batches and webhooks of a job
+# that has ended (a webhook set, or a batch joined, after the end).
+_NOTIFY = """
+local prefix, now, ttl = ARGV[1], ARGV[3], tonumber(ARGV[4])
+""" + _ENDING_LIB + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or not terminal[status] then return 0 end
+ended(ARGV[5])
 return 1
 """
 
 # KEYS: job, unpublished set. ARGV: now, job id
+# A job whose worker died goes back to the queue; ``not_before`` of an earlier retry is spent.
 _REQUEUE = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'queued_at', ARGV[1], 'worker', '')
+redis.call('HDEL', KEYS[1], 'not_before')
 redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
 return 1
 """
 
-# KEYS: job, children set, unpublished set. ARGV: now, job id
-# Returns {status found, children...}. Queued and waiting jobs end here, with their
-# waiting children returned to be failed; running jobs get a flag their worker
-# checks at every step.
-_CANCEL = f"""
-local terminal = {_TERMINAL_LUA}
+# KEYS: job, lease, running set, retry schedule
+# ARGV: worker id, now, not before, error, job id
+# Infrastructure trouble (storage, Redis) is not the job's fault: the job goes back to
+# queued with a time before which it is not run, and the delivery its claim counted is
+# given back, so only deliveries that killed a worker count towards poison.
+_RETRY_LATER = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+if redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1] then return 0 end
+if tonumber(redis.call('HGET', KEYS[1], 'deliveries') or '0') > 0 then
+  redis.call('HINCRBY', KEYS[1], 'deliveries', -1)
+end
+redis.call('HINCRBY', KEYS[1], 'infra_retries', 1)
+redis.call('HSETNX', KEYS[1], 'infra_since', ARGV[2])
+redis.call('HSET', KEYS[1], 'status', 'queued', 'queued_at', ARGV[2], 'worker', '',
+           'not_before', ARGV[3], 'infra_error', ARGV[4])
+redis.call('DEL', KEYS[2])
+redis.call('SREM', KEYS[3], ARGV[5])
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[5])
+return 1
+"""
+
+# KEYS: retry schedule, unpublished set. ARGV: now
+# Moves jobs whose retry is due to the unpublished set (to be published) and returns them.
+_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+for _, id in ipairs(due) do
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('ZADD', KEYS[2], ARGV[1], id)
+end
+return due
+"""
+
+# KEYS: job, unpublished set, retry schedule
+# ARGV: prefix, unused, now, ttl, job id
+# Returns {status found, failed descendants...}. Queued and waiting jobs end here, their
+# waiting descendants failed with them; running jobs get a flag their worker checks at
+# every step.
+_CANCEL = """
+local prefix, now, ttl = ARGV[1], ARGV[3], tonumber(ARGV[4])
+""" + _ENDING_LIB + """
 local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return {{'unknown'}} end
+if not status then return {'unknown'} end
 if status == 'running' then
   redis.call('HSET', KEYS[1], 'cancel', '1')
-  return {{status}}
+  return {status}
 end
-if terminal[status] then return {{status}} end
-redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1],
+if terminal[status] then return {status} end
+redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', now,
            'error', 'cancelled by request', 'error_code', 'cancelled')
-redis.call('ZREM', KEYS[3], ARGV[2])
-local result = redis.call('SMEMBERS', KEYS[2])
-redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[2], ARGV[5])
+redis.call('ZREM', KEYS[3], ARGV[5])
+local result = fail_descendants(ARGV[5], 'parent cancelled')
+ended(ARGV[5])
 table.insert(result, 1, status)
 return result
 """
@@ -140,6 +283,14 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class Ending:
+    """What ending a job changed: children released to the queue, descendants failed."""
+
+    released: list[str]
+    failed: list[str]
+
+
+@dataclass(frozen=True)
 class SubmitOutcome:
     """What submitting a job did: ``created`` is False when the id was already known."""
 
@@ -150,22 +301,26 @@ class SubmitOutcome:
 class JobStore:
     """Reads and changes job records; shared by producers and workers."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "zq") -> None:
+    def __init__(self, client: redis.Redis, prefix: str = "zq", record_ttl_s: int = 0) -> None:
         self.redis = client
         self.prefix = prefix
+        # Terminal records (jobs, finished batches, settled webhooks) expire after this.
+        self.record_ttl_s = record_ttl_s
         self._submit = client.register_script(_SUBMIT)
         self._claim = client.register_script(_CLAIM)
         self._finish = client.register_script(_FINISH)
-        self._release = client.register_script(_RELEASE)
+        self._notify = client.register_script(_NOTIFY)
         self._requeue = client.register_script(_REQUEUE)
+        self._retry_later = client.register_script(_RETRY_LATER)
+        self._due = client.register_script(_DUE)
         self._cancel = client.register_script(_CANCEL)
-        self.batches = BatchStore(client, prefix)
-        self.outbox = WebhookOutbox(client, prefix)
+        self.batches = BatchStore(client, prefix, record_ttl_s)
+        self.outbox = WebhookOutbox(client, prefix, record_ttl_s)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str = "zq") -> JobStore:
+    def from_url(cls, url: str, prefix: str = "zq", record_ttl_s: int = 0) -> JobStore:
         """Connect to the Redis at ``url`` (``redis://``, ``rediss://``, ``unix://``)."""
-        return cls(redis.Redis.from_url(url, decode_responses=True), prefix)
+        return cls(redis.Redis.from_url(url, decode_responses=True), prefix, record_ttl_s)
 
     # -- keys ---------------------------------------------------------------
     def job_key(self, job_id: str) -> str:
@@ -183,6 +338,12 @@ class JobStore:
 
     def _unpublished_key(self, model: ModelType) -> str:
         return f"{self.prefix}:unpublished:{model.value}"
+
+    def _retry_key(self, model: ModelType) -> str:
+        return f"{self.prefix}:retry:{model.value}"
+
+    def _ending_args(self, job_id: str) -> list[str | float | int]:
+        return [self.prefix, "", time.time(), self.record_ttl_s, job_id]
 
     # -- producer side ------------------------------------------------------
     def submit(self, spec: JobSpec) -> SubmitOutcome:
@@ -232,40 +393,30 @@ class JobStore:
         self.redis.zrem(self._unpublished_key(spec.model), spec.job_id)
 
     def cancel(self, job_id: str) -> tuple[JobStatus, list[str]]:
-        """Cancel a job. Returns the status it had and, if it ended now, its waiting children.
+        """Cancel a job. Returns the status it had and the descendants failed with it.
 
         Queued and waiting jobs end at once (their message is dropped when a worker
-        sees it); a running job is flagged and stops at its next step.
+        sees it) and their waiting descendants fail, in one step; a running job is
+        flagged and stops at its next step.
         """
         job = self.get(job_id)
-        keys = [self.job_key(job_id), self._children_key(job_id),
-                self._unpublished_key(job.spec.model)]
-        found, *children = cast(list[str], self._cancel(keys=keys, args=[time.time(), job_id]))
+        keys = [self.job_key(job_id), self._unpublished_key(job.spec.model),
+                self._retry_key(job.spec.model)]
+        found, *failed = cast(list[str], self._cancel(keys=keys, args=self._ending_args(job_id)))
         if found == "unknown":
             raise JobNotFound(f"job {job_id} is not known")
-        status = JobStatus(found)
-        if not status.terminal and status is not JobStatus.RUNNING:
-            self._ended(job_id)
-        return status, sorted(children)
+        return JobStatus(found), sorted(failed)
 
     def set_webhook(self, job_id: str, url: str) -> None:
         """Call ``url`` when the job ends (once; delivered by ``zq webhooks``)."""
         self.redis.hset(self.job_key(job_id), "webhook", validate_webhook_url(url))
 
     def notify_ended(self, job_id: str) -> None:
-        """Settle batches and webhooks of a job that is already terminal."""
-        self._ended(job_id)
+        """Settle batches and webhooks of a job that is already terminal.
 
-    def _ended(self, job_id: str) -> None:
-        """A job reached a terminal status: settle its batches, queue due webhooks.
-
-        Runs on workers too: a few Redis calls, never an HTTP request.
+        Runs on workers too: one script, never an HTTP request.
         """
-        for batch_id in self.batches.job_ended(job_id):
-            self.batch_finished(batch_id)
-        url = self.redis.hget(self.job_key(job_id), "webhook")
-        if url:
-            self.outbox.enqueue("job", job_id, cast(str, url))
+        self._notify(keys=[self.job_key(job_id)], args=self._ending_args(job_id))
 
     def batch_finished(self, batch_id: str) -> None:
         """Queue the batch's webhook, if it named one."""
@@ -279,7 +430,8 @@ class JobStore:
               ) -> Claim:
         """Try to take the job: ``claimed`` with the record as claimed, or why not.
 
-        The other outcomes are ``done``, ``waiting``, ``busy``, ``poison`` and ``unknown``.
+        The other outcomes are ``done``, ``waiting``, ``busy``, ``later`` (a retry that is
+        not due yet), ``poison`` and ``unknown``.
         """
         keys = [self.job_key(spec.job_id), self._lease_key(spec.job_id),
                 self._running_key(spec.model)]
@@ -303,28 +455,45 @@ class JobStore:
         cancel_flag: object = pipe.execute()[1]
         return cancel_flag == "1"
 
-    def finish(self, spec: JobSpec, status: JobStatus, **fields: str) -> list[str] | None:
+    def finish(self, spec: JobSpec, status: JobStatus, descendants_error: str = "",
+               **fields: str) -> Ending | None:
         """End the job with a terminal status; None if it had already ended.
 
-        Returns the children that were waiting on it: released to the queue on
-        success (publish them), to be failed otherwise.
+        One atomic step: the record, the lease, the children waiting on the job
+        (queued on success, failed with ``descendants_error`` otherwise, down the whole
+        tree), the batches holding them, the webhooks they owe and the records' expiry.
+        Released children are in the unpublished set: publish them next (if this
+        process dies first, the recovery loop does).
         """
         keys = [self.job_key(spec.job_id), self._lease_key(spec.job_id),
-                self._running_key(spec.model), self._children_key(spec.job_id),
-                self._unpublished_key(spec.model)]
-        args: list[str | float] = [status.value, time.time()]
+                self._running_key(spec.model)]
+        args = self._ending_args(spec.job_id)
+        args[1] = status.value
+        args.append(descendants_error or f"parent {status.value}: job {spec.job_id}")
         for name, value in fields.items():
             args += [name, value]
-        children = self._finish(keys=keys, args=args)
-        if children is None:
+        ending = self._finish(keys=keys, args=args)
+        if ending is None:
             return None
-        self._ended(spec.job_id)
-        return sorted(cast(list[str], children))
+        released, failed = cast(list[list[str]], ending)
+        return Ending(sorted(released), sorted(failed))
 
-    def release(self, spec: JobSpec) -> bool:
-        """Move a waiting child to queued (its parent succeeded); publish it next."""
-        keys = [self.job_key(spec.job_id), self._unpublished_key(spec.model)]
-        return bool(self._release(keys=keys, args=[time.time(), spec.job_id]))
+    def retry_later(self, spec: JobSpec, worker_id: str, delay_s: float, error: str) -> bool:
+        """Put a job this worker holds back to queued, not to run for ``delay_s``.
+
+        For infrastructure trouble (storage, Redis): the delivery is not counted
+        towards poison. False if the job is no longer this worker's.
+        """
+        now = time.time()
+        keys = [self.job_key(spec.job_id), self._lease_key(spec.job_id),
+                self._running_key(spec.model), self._retry_key(spec.model)]
+        args: list[str | float] = [worker_id, now, now + delay_s, error[:500], spec.job_id]
+        return bool(self._retry_later(keys=keys, args=args))
+
+    def due_retries(self, model: ModelType) -> list[str]:
+        """Jobs of ``model`` whose retry time has come; they are moved to be published."""
+        keys = [self._retry_key(model), self._unpublished_key(model)]
+        return sorted(cast(list[str], self._due(keys=keys, args=[time.time()])))
 
     def orphaned(self, model: ModelType) -> Iterator[str]:
         """Running jobs of ``model`` whose worker stopped renewing the lease (it died)."""
@@ -338,15 +507,14 @@ class JobStore:
         keys = [self.job_key(spec.job_id), self._unpublished_key(spec.model)]
         return bool(self._requeue(keys=keys, args=[time.time(), spec.job_id]))
 
-    def fail_descendants(self, children: list[str], reason: ParentFailed) -> list[str]:
-        """Fail every waiting descendant with the parent's reason; returns their ids."""
-        failed: list[str] = []
-        pending = list(children)
-        while pending:
-            child = self.get(pending.pop())
-            grandchildren = self.finish(child.spec, JobStatus.FAILED, error=reason.reason,
-                                        error_code=reason.code)
-            if grandchildren is not None:
-                failed.append(child.spec.job_id)
-                pending.extend(grandchildren)
-        return failed
+    def prune_workers(self, model: ModelType) -> list[str]:
+        """Drop workers of ``model`` whose record expired (they stopped beating)."""
+        index = f"{self.prefix}:workers:{model.value}"
+        names = sorted(cast(set[str], self.redis.smembers(index)))
+        pipe = self.redis.pipeline(transaction=False)
+        for name in names:
+            pipe.exists(f"{self.prefix}:worker:{name}")
+        dead = [name for name, alive in zip(names, pipe.execute(), strict=True) if not alive]
+        if dead:
+            self.redis.srem(index, *dead)
+        return dead

@@ -104,13 +104,14 @@ def publish(app: Celery, spec: JobSpec, priority: int | None = None) -> None:
     )
 
 
-def publish_jobs(app: Celery, jobs: JobStore, job_ids: list[str]) -> None:
-    """Publish queued jobs and mark them sent.
+def publish_jobs(app: Celery, jobs: JobStore, job_ids: list[str],
+                 priority: int | None = None) -> None:
+    """Publish queued jobs and mark them sent; ``priority`` overrides their own.
 
     A crash between recording a job and publishing it leaves the job in the
     unpublished set, where a worker's recovery loop finds and publishes it.
     """
     for job_id in job_ids:
         spec = jobs.get(job_id).spec
-        publish(app, spec)
+        publish(app, spec, priority)
         jobs.mark_published(spec)

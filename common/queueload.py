@@ -110,8 +110,8 @@ def message_job_id(raw: Any) -> str | None:
         args, kwargs, _ = json.loads(body)
         job_id = kwargs.get("job_id") or (args[0] if args else None)
         return str(job_id) if job_id else None
-    except (ValueError, KeyError, TypeError):
-        return None
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+        return None  # not one of ours: a message a worker will dead-letter
 
 
 def _workers(client: redis.Redis, prefix: str, worker_ids: Any) -> tuple[int, int]:

@@ -26,7 +26,8 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     storage_url: str = "file://./zq-data"
     s3_endpoint_url: str | None = None
-    s3_region: str = "us-east-1"
+    # None: boto3's own region chain (AWS_REGION, AWS_DEFAULT_REGION, ~/.aws/config).
+    s3_region: str | None = None
     # None: boto3's own credential chain (instance roles, ~/.aws, ...).
     s3_access_key_id: str | None = field(default=None, repr=False)
     s3_secret_access_key: str | None = field(default=None, repr=False)
@@ -57,6 +58,28 @@ class Settings:
     handoff_depth: int = 1
     # zlib level for PNG results: 1 is ~25% faster than Pillow's 6 for ~10% more bytes.
     png_compress_level: int = 1
+    # Listeners bind here: loopback by default (the chart sets the pod IP).
+    metrics_addr: str = "127.0.0.1"
+    exporter_addr: str = "127.0.0.1"
+    # Input images (parent, source, mask): refused above this many pixels before decoding.
+    max_input_pixels: int = 64_000_000
+    # ... and above this many bytes, before anything is read into Pillow.
+    max_input_bytes: int = 64 * 1024 * 1024
+    # An input larger than the render limit is "resize"d to fit, or "refuse"d (input_invalid).
+    oversize_input: str = "resize"
+    # Transparent inputs are composited on this colour (RGB).
+    alpha_background: tuple[int, int, int] = (255, 255, 255)
+    # Webhook hosts allowed although they resolve to private, loopback or link-local
+    # addresses: host names, IP addresses or CIDR networks.
+    webhook_allow: tuple[str, ...] = ()
+    # Terminal job, batch and webhook records expire after this long; 0 keeps them.
+    record_ttl_s: int = 30 * 24 * 3600
+    # A job that meets storage or Redis trouble is retried for this long, off the worker...
+    infra_retry_budget_s: int = 600
+    # ... and then "fail"s with storage_unavailable, or "wait"s for the outage to end.
+    infra_outage: str = "fail"
+    # Broker messages no worker can run are kept, newest first, up to this many.
+    dead_letter_max: int = 10_000
 
     @property
     def visibility_timeout_s(self) -> int:
@@ -78,7 +101,7 @@ class Settings:
             redis_url=env.get("ZQ_REDIS_URL", base.redis_url),
             storage_url=env.get("ZQ_STORAGE_URL", base.storage_url),
             s3_endpoint_url=env.get("ZQ_S3_ENDPOINT_URL") or None,
-            s3_region=env.get("ZQ_S3_REGION", base.s3_region),
+            s3_region=env.get("ZQ_S3_REGION") or None,
             s3_access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,
             s3_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
             model_sources=sources,
@@ -102,6 +125,19 @@ class Settings:
             handoff_depth=_int(env, "ZQ_HANDOFF_DEPTH", base.handoff_depth, 0, maximum=8),
             png_compress_level=_int(env, "ZQ_PNG_COMPRESS_LEVEL", base.png_compress_level, 0,
                                     maximum=9),
+            metrics_addr=env.get("ZQ_METRICS_ADDR", "").strip() or base.metrics_addr,
+            exporter_addr=env.get("ZQ_EXPORTER_ADDR", "").strip() or base.exporter_addr,
+            max_input_pixels=_int(env, "ZQ_MAX_INPUT_PIXELS", base.max_input_pixels, 4096),
+            max_input_bytes=_int(env, "ZQ_MAX_INPUT_BYTES", base.max_input_bytes, 1024),
+            oversize_input=_choice(env, "ZQ_OVERSIZE_INPUT", base.oversize_input,
+                                   ("resize", "refuse")),
+            alpha_background=_colour(env, "ZQ_ALPHA_BACKGROUND", base.alpha_background),
+            webhook_allow=_words(env, "ZQ_WEBHOOK_ALLOW", base.webhook_allow),
+            record_ttl_s=_int(env, "ZQ_RECORD_TTL_S", base.record_ttl_s, 0),
+            infra_retry_budget_s=_int(env, "ZQ_INFRA_RETRY_BUDGET_S", base.infra_retry_budget_s,
+                                      0),
+            infra_outage=_choice(env, "ZQ_INFRA_OUTAGE", base.infra_outage, ("fail", "wait")),
+            dead_letter_max=_int(env, "ZQ_DEAD_LETTER_MAX", base.dead_letter_max, 1),
         )
 
 
@@ -166,3 +202,37 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     if raw.lower() in {"0", "false", "no", "off"}:
         return False
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {raw!r}")
+    return raw
+
+
+def _words(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma-separated list, blanks dropped."""
+    raw = env.get(name, "")
+    words = tuple(word.strip() for word in raw.split(",") if word.strip())
+    return words or default
+
+
+_COLOURS = {"white": (255, 255, 255), "black": (0, 0, 0)}
+_HEX_COLOUR = re.compile(r"#?([0-9a-f]{2})([0-9a-f]{2})([0-9a-f]{2})")
+
+
+def _colour(env: Mapping[str, str], name: str,
+            default: tuple[int, int, int]) -> tuple[int, int, int]:
+    """``white``, ``black`` or a hex colour ``#rrggbb``."""
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in _COLOURS:
+        return _COLOURS[raw]
+    match = _HEX_COLOUR.fullmatch(raw)
+    if match is None:
+        raise ConfigError(f"{name} must be white, black or a colour like #f0f0f0; got {raw!r}")
+    return (int(match[1], 16), int(match[2], 16), int(match[3], 16))

@@ -51,6 +51,12 @@ class JobRecord:
     cancel_requested: bool = False
     width: int | None = None
     height: int | None = None
+    # Infrastructure retries (storage or Redis trouble): how many, since when, the last
+    # error and the time before which the job will not run again.
+    infra_retries: int = 0
+    infra_since: float | None = None
+    infra_error: str | None = None
+    not_before: float | None = None
 
     @classmethod
     def from_hash(cls, fields: dict[str, str]) -> JobRecord:
@@ -82,6 +88,10 @@ class JobRecord:
             cancel_requested=fields.get("cancel") == "1",
             width=int(fields["width"]) if fields.get("width") else spec.width,
             height=int(fields["height"]) if fields.get("height") else spec.height,
+            infra_retries=int(fields.get("infra_retries") or 0),
+            infra_since=opt_float("infra_since"),
+            infra_error=fields.get("infra_error") or None,
+            not_before=opt_float("not_before"),
         )
 
     def to_public(self) -> dict[str, Any]:
@@ -108,4 +118,7 @@ class JobRecord:
             "queued_at": self.queued_at,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
+            "infra_retries": self.infra_retries,
+            "infra_error": self.infra_error,
+            "not_before": self.not_before,
         }

@@ -7,6 +7,7 @@ and writing the same key twice leaves exactly one object.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -67,10 +68,19 @@ class LocalStore:
             return self._path(key).read_bytes()
         except (FileNotFoundError, IsADirectoryError):
             raise ObjectNotFound(f"no object at {key!r} in {self.describe()}") from None
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                raise ObjectNotFound(f"no object at {key!r} in {self.describe()}") from None
+            raise StorageError(f"cannot read {key!r} from {self.describe()}: {exc}") from exc
 
     def exists(self, key: str) -> bool:
         """Whether the file exists."""
-        return self._path(key).is_file()
+        try:
+            return self._path(key).is_file()
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:  # no file can have that name
+                return False
+            raise StorageError(f"cannot check {key!r} in {self.describe()}: {exc}") from exc
 
     def url(self, key: str, expires_s: int) -> str:
         """A ``file://`` URL; local files need no signature."""
@@ -144,6 +154,15 @@ class S3Store:
         return f"s3://{self.bucket}/{self.prefix} at {endpoint}"
 
 
+def _region(settings: Settings) -> str | None:
+    """``ZQ_S3_REGION``, else ``AWS_REGION``, else None: boto3's chain decides.
+
+    boto3 itself reads only ``AWS_DEFAULT_REGION``; ``AWS_REGION`` is what the AWS CLI v2,
+    the other SDKs, ECS and Lambda use, and the CLI ranks it first.
+    """
+    return settings.s3_region or os.environ.get("AWS_REGION") or None
+
+
 def _is_missing(exc: Exception) -> bool:
     response = getattr(exc, "response", None)
     if not isinstance(response, dict):
@@ -165,9 +184,14 @@ def open_store(settings: Settings) -> ObjectStore:
 
 
 def s3_client(settings: Settings) -> Any:
-    """A boto3 S3 client for the configured endpoint; credentials come from boto3's chain."""
+    """A boto3 S3 client for the configured endpoint.
+
+    Region and credentials are boto3's own chain (``AWS_REGION``, ``AWS_PROFILE``, SSO,
+    ``AWS_SESSION_TOKEN``, instance roles...); ``ZQ_S3_REGION`` overrides the region only.
+    """
     import boto3
     from botocore.config import Config
+    from botocore.exceptions import BotoCoreError
 
     # Custom endpoints need SigV4 named explicitly, or presigned URLs come out SigV2;
     # path-style addressing works on every S3 server, virtual hosts need DNS.
@@ -176,11 +200,11 @@ def s3_client(settings: Settings) -> Any:
         s3={"addressing_style": "path" if settings.s3_endpoint_url else "auto"},
         retries={"max_attempts": 5, "mode": "standard"},
     )
-    return boto3.client(
-        "s3",
-        endpoint_url=settings.s3_endpoint_url,
-        region_name=settings.s3_region,
-        aws_access_key_id=settings.s3_access_key_id,
-        aws_secret_access_key=settings.s3_secret_access_key,
-        config=config,
-    )
+    # Keys are never passed explicitly: that would drop a session token (temporary
+    # credentials) and bypass profiles; boto3 reads AWS_ACCESS_KEY_ID... itself.
+    try:
+        # A fresh session reads the chain now; boto3's default session caches it forever.
+        return boto3.session.Session().client("s3", endpoint_url=settings.s3_endpoint_url,
+                                              region_name=_region(settings), config=config)
+    except (BotoCoreError, ValueError) as exc:  # an unknown AWS_PROFILE, a bad endpoint URL
+        raise ConfigError(f"S3 settings: {exc}") from None

@@ -65,7 +65,8 @@ redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 return {attempt, redis.call('HGET', KEYS[1], 'url'), redis.call('HGET', KEYS[1], 'delivery_id')}
 """
 
-# KEYS: record, due set. ARGV: member, attempt, outcome, now, next at, error, status code
+# KEYS: record, due set. ARGV: member, attempt, outcome, now, next at, error, status code, ttl
+# A settled record expires after the retention time (0 keeps it).
 _SETTLE = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return 0 end
 if redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[2] then return 0 end
@@ -79,6 +80,7 @@ if ARGV[3] == 'failed' then redis.call('HSET', KEYS[1], 'last_error', ARGV[6]) e
 redis.call('HSET', KEYS[1], 'status', ARGV[3], 'finished_at', ARGV[4])
 redis.call('HDEL', KEYS[1], 'next_attempt_at')
 redis.call('ZREM', KEYS[2], ARGV[1])
+if tonumber(ARGV[8]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[8]) end
 return 1
 """
 
@@ -158,9 +160,10 @@ def redact_url(url: str) -> str:
 class WebhookOutbox:
     """Webhooks owed and their delivery records; shared by workers and dispatchers."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "zq") -> None:
+    def __init__(self, client: redis.Redis, prefix: str = "zq", record_ttl_s: int = 0) -> None:
         self.redis = client
         self.prefix = prefix
+        self.record_ttl_s = record_ttl_s
         self._enqueue = client.register_script(_ENQUEUE)
         self._claim = client.register_script(_CLAIM)
         self._settle = client.register_script(_SETTLE)
@@ -281,7 +284,7 @@ class WebhookOutbox:
         keys = [self.record_key(delivery.kind, delivery.subject_id), self.due_key]
         args: list[str | float | int] = [
             _member(delivery.kind, delivery.subject_id), delivery.attempts, outcome, now,
-            next_at, error, "" if status_code is None else status_code]
+            next_at, error, "" if status_code is None else status_code, self.record_ttl_s]
         return bool(self._settle(keys=keys, args=args))
 
 

@@ -17,15 +17,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import kombu.exceptions
+import redis
+
 from common.batches import BatchRow
-from common.errors import InvalidJob, JobNotFound, ZqError
+from common.errors import InvalidJob, JobNotFound, ServiceUnavailable
 from common.job import JobKind, JobSpec, new_job
 from common.status import JobStatus
-from producer.client import Client
-from producer.manifest import ManifestRow, RowError, read_manifest
+from producer.client import Client, StagedInput
+from producer.manifest import ManifestRow, ReadOptions, RowError, read_manifest
 
 BULK_PRIORITY = 2
 MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
+# Errors that mean Redis is gone: every further row would fail the same way.
+UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, kombu.exceptions.OperationalError)
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,7 @@ class Submission:
     batch_id: str
     jobs: int
     errors: list[RowError] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -50,10 +56,13 @@ class RowResult:
     error: str | None = None
 
 
-def batch_id_for(manifest: Path, defaults: dict[str, Any]) -> str:
-    """The same manifest with the same defaults is the same batch."""
+def batch_id_for(manifest: Path, defaults: dict[str, Any],
+                 reading: dict[str, Any] | None = None) -> str:
+    """The same manifest with the same defaults (and way of reading it) is the same batch."""
     digest = hashlib.sha256(manifest.read_bytes())
     digest.update(json.dumps(defaults, sort_keys=True).encode())
+    if reading:  # only when given, so batches read the default way keep their ids
+        digest.update(json.dumps(reading, sort_keys=True).encode())
     return f"batch-{digest.hexdigest()[:24]}"
 
 
@@ -65,42 +74,70 @@ class Batches:
         self.store = client.jobs.batches
 
     def submit(self, manifest: Path, defaults: dict[str, Any], webhook: str | None = None,
-               batch_id: str | None = None) -> Submission:
-        """Upload inputs, submit every good row, record the bad ones with their reason."""
-        batch_id = batch_id or batch_id_for(manifest, defaults)
-        meta = {"source": manifest.name, "defaults": defaults, "webhook": webhook}
-        if webhook:
-            from common.webhooks import validate_webhook_url
+               batch_id: str | None = None, options: ReadOptions | None = None) -> Submission:
+        """Upload inputs, submit every good row, record the bad ones with their reason.
 
-            validate_webhook_url(webhook)
-        self.store.create(batch_id, meta)
+        The file is read whole first, so a problem with it (``InvalidManifest``) records
+        nothing. Anything wrong with one row makes that row an error and the others go
+        in; the batch is always sealed. Only Redis going away stops it part-way
+        (``ServiceUnavailable``): the same call again then finishes the batch.
+        """
+        options = options or ReadOptions()
+        required = ("sku",) if defaults.get("prompt") else ("sku", "prompt")
+        read = read_manifest(manifest, options, required)
+        batch_id = batch_id or batch_id_for(manifest, defaults, options.describe())
+        meta = {"source": manifest.name, "defaults": defaults, "webhook": webhook,
+                **({"reading": options.describe()} if options.describe() else {})}
+        if webhook:
+            from common.webhook_policy import WebhookPolicy
+
+            WebhookPolicy(self.client.settings.webhook_allow).vet(webhook)
         errors: list[RowError] = []
         jobs = 0
-        for row in read_manifest(manifest):
-            if isinstance(row, ManifestRow):
-                try:
-                    spec = self.row_spec(row, defaults, manifest.parent)
-                    self.client.submit(spec)
-                except (ZqError, OSError) as exc:
-                    row = RowError(row.line, str(row.fields.get("sku", "")), str(exc))
+        try:
+            self.store.create(batch_id, meta)
+            for row in read.rows:
+                done = self._submit_row(row, defaults, manifest.parent)
+                if isinstance(done, RowError):
+                    errors.append(done)
+                    self.store.add_row(batch_id, BatchRow(done.line, done.sku, None, done.reason))
                 else:
-                    self.store.add_row(batch_id, BatchRow(row.line, str(row.fields["sku"]),
-                                                          spec.job_id))
+                    self.store.add_row(batch_id, BatchRow(done.line, done.sku, done.job_id))
                     jobs += 1
-                    continue
-            errors.append(row)
-            self.store.add_row(batch_id, BatchRow(row.line, row.sku, None, row.reason))
-        if self.store.seal(batch_id):
-            self.client.jobs.batch_finished(batch_id)
-        return Submission(batch_id, jobs, errors)
+            if self.store.seal(batch_id):
+                self.client.jobs.batch_finished(batch_id)
+        except UNREACHABLE as exc:
+            raise ServiceUnavailable(
+                f"Redis unreachable after {jobs + len(errors)} of {len(read.rows)} rows of "
+                f"batch {batch_id} ({exc}); run the same command again to finish it") from None
+        return Submission(batch_id, jobs, errors, read.notes)
+
+    def _submit_row(self, row: ManifestRow | RowError, defaults: dict[str, Any],
+                    base: Path) -> BatchRow | RowError:
+        """Submit one row; whatever goes wrong with it, short of Redis, is its row error."""
+        if isinstance(row, RowError):
+            return row
+        sku = str(row.fields["sku"])
+        try:
+            spec = self.row_spec(row, defaults, base)
+            self.client.submit(spec)
+        except UNREACHABLE:
+            raise
+        except InvalidJob as exc:
+            return RowError(row.line, sku, str(exc), exc.field)
+        except Exception as exc:  # a bug or a surprise: still only this row's problem
+            return RowError(row.line, sku, f"row: {type(exc).__name__}: {exc}")
+        return BatchRow(row.line, sku, spec.job_id)
 
     def row_spec(self, row: ManifestRow, defaults: dict[str, Any], base: Path) -> JobSpec:
         """The job a row asks for, with an id derived from its content."""
         fields = {**defaults, **row.fields}
         sku = str(fields.pop("sku"))
         image, mask = fields.pop("image", None), fields.pop("mask", None)
-        source = self._input(image, "image", base) if image else None
-        mask_key = self._input(mask, "mask", base) if mask else None
+        staged = {name: self._input(value, name, base)
+                  for name, value in (("image", image), ("mask", mask)) if value}
+        source = staged["image"].key if "image" in staged else None
+        mask_key = staged["mask"].key if "mask" in staged else None
         fields.setdefault("priority", BULK_PRIORITY)
         content = json.dumps({**fields, "source": source, "mask": mask_key}, sort_keys=True)
         digest = hashlib.sha256(content.encode()).hexdigest()
@@ -108,14 +145,24 @@ class Batches:
         fields.setdefault("seed", int(digest[:8], 16) % 2**31)
         job_id = f"b-{digest[:32]}"
         kind = JobKind.EDIT if source else JobKind.GENERATE
-        return new_job(kind, job_id=job_id, conversation_id=job_id, source_image=source,
+        spec = new_job(kind, job_id=job_id, conversation_id=job_id, source_image=source,
                        mask=mask_key, tags={"sku": sku}, **fields)
+        # Stored only once the whole spec is valid: a refused row leaves no orphan object.
+        for name, input_ in staged.items():
+            _stored(name, input_, self.client)
+        return spec
 
-    def _input(self, value: str, name: str, base: Path) -> str:
-        if value.startswith(("http://", "https://")):
-            return self.client.upload(_download(value, name), name)
-        local = base / value  # relative paths are relative to the manifest
-        return self.client.upload(local if local.is_file() else value, name)
+    def _input(self, value: str, name: str, base: Path) -> StagedInput:
+        """Check a row's image or mask (a URL, a path beside the manifest, or a storage key)."""
+        try:
+            if value.startswith(("http://", "https://")):
+                return self.client.stage(_download(value, name), name)
+            local = base / value  # relative paths are relative to the manifest
+            return self.client.stage(local if _is_file(local) else value, name)
+        except InvalidJob:
+            raise
+        except Exception as exc:  # storage trouble, a decoder's surprise: name the field
+            raise InvalidJob(name, f"cannot use it: {type(exc).__name__}: {exc}", value) from exc
 
     def results(self, batch_id: str) -> list[RowResult]:
         """Every row with its job's status now, and a presigned URL for each image."""
@@ -168,6 +215,20 @@ def write_results(results: list[RowResult], path: Path) -> None:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
+
+
+def _stored(name: str, staged: StagedInput, client: Client) -> None:
+    try:
+        staged.put(client.store)
+    except Exception as exc:
+        raise InvalidJob(name, f"cannot store it: {exc}") from exc
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # too long for a path, or a NUL in it
+        return False
 
 
 def _download(url: str, name: str) -> bytes:

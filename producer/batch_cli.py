@@ -14,8 +14,10 @@ from common.status import TERMINAL
 from producer.batch import Batches, RowResult, write_results
 from producer.client import Client
 from producer.contact_sheet import Tile, contact_sheet
+from producer.manifest import ReadOptions, parse_columns
 
 DONE = {s.value for s in TERMINAL} | {"invalid"}
+EXIT_USAGE = 2
 DEFAULT_OPTIONS = ("prompt", "model", "width", "height", "strength", "steps", "guidance",
                    "seed", "priority", "output_format", "quality", "negative_prompt", "mask")
 
@@ -35,6 +37,14 @@ def add_command(commands: Any) -> None:
     for name in ("strength", "guidance"):
         batch.add_argument(f"--{name}", type=float, help=f"default {name}")
     batch.add_argument("--format", dest="output_format", help="png, webp or jpeg")
+    batch.add_argument("--columns", action="append", default=[], metavar="FIELD=COLUMN,...",
+                       help="read a field from a differently named column, e.g. "
+                            "'sku=Handle,image=Image Src' (repeatable)")
+    batch.add_argument("--delimiter", help="CSV delimiter (default: detected from the header; "
+                                           "'tab' for tabs)")
+    batch.add_argument("--encoding", default="utf-8-sig",
+                       help="manifest text encoding (default UTF-8, with or without Excel's "
+                            "byte-order mark; e.g. cp1252 for older Windows Excel)")
     batch.add_argument("--batch-id", help="name the batch (default: derived from the content)")
     batch.add_argument("--webhook", help="URL to POST the results manifest to when done")
     batch.add_argument("--results", type=Path, help="results manifest path (.csv or .jsonl)")
@@ -53,9 +63,16 @@ def run(client: Client, args: argparse.Namespace) -> int:
     if first in {"status", "cancel"} and len(rest) == 1 and not Path(first).exists():
         return _status(batches, rest[0], args) if first == "status" else _cancel(batches, rest[0])
     if rest:
-        raise SystemExit("usage: zq batch MANIFEST | zq batch status BATCH | "
-                         "zq batch cancel BATCH")
+        print("zq batch: error: expected MANIFEST, status BATCH or cancel BATCH, got "
+              f"{' '.join(args.target)!r}", file=sys.stderr)
+        return EXIT_USAGE
     return _submit(batches, Path(first), args)
+
+
+def read_options(args: argparse.Namespace) -> ReadOptions:
+    """How to read the manifest, from ``--columns``, ``--delimiter`` and ``--encoding``."""
+    delimiter = {"tab": "\t", "\\t": "\t"}.get(args.delimiter or "", args.delimiter)
+    return ReadOptions(parse_columns(args.columns), delimiter, args.encoding)
 
 
 def _submit(batches: Batches, manifest: Path, args: argparse.Namespace) -> int:
@@ -63,7 +80,10 @@ def _submit(batches: Batches, manifest: Path, args: argparse.Namespace) -> int:
     if "mask" in defaults and Path(defaults["mask"]).is_file():
         # Row paths are relative to the manifest; a command-line path to the working dir.
         defaults["mask"] = str(Path(defaults["mask"]).resolve())
-    submission = batches.submit(manifest, defaults, args.webhook, args.batch_id)
+    submission = batches.submit(manifest, defaults, args.webhook, args.batch_id,
+                                read_options(args))
+    for note in submission.notes:
+        print(f"note: {note}", file=sys.stderr)
     print(f"batch {submission.batch_id}: {submission.jobs} jobs, "
           f"{len(submission.errors)} rows refused", file=sys.stderr)
     for error in submission.errors:

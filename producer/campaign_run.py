@@ -17,6 +17,7 @@ from typing import Any
 
 from common.batches import BatchRow
 from common.job import new_job
+from common.webhook_policy import WebhookPolicy
 from producer.batch import Batches, Submission
 from producer.campaign import Campaign, expand, job_fields
 from producer.client import Client
@@ -52,6 +53,8 @@ def run_campaign(client: Client, campaign: Campaign, period: str) -> Submission:
     Editing a campaign file during a period changes its variants' specs but not their
     ids: re-running that period is then refused with ``JobConflict``.
     """
+    if campaign.webhook:  # parsing checked its form; where it leads is checked now
+        WebhookPolicy(client.settings.webhook_allow).vet(campaign.webhook)
     batches = Batches(client)
     batch_id = run_batch_id(campaign, period)
     batches.store.create(batch_id, {"campaign": campaign.name, "period": period,

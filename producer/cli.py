@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common.errors import JobFailed
+from common.errors import InvalidJob, JobFailed
 from common.status import JobRecord, JobStatus
 from producer.client import Client
 
@@ -44,10 +44,11 @@ def add_commands(commands: Any) -> None:
     _job_options(refine)
     refine.set_defaults(handler=_refine)
 
-    for name, handler, text in (("status", _status, "show a job"),
-                                ("cancel", _cancel, "cancel a queued or running job")):
+    for name, handler, text in (
+            ("status", _status, "show a job; without one, the queues, workers and dead letters"),
+            ("cancel", _cancel, "cancel a queued or running job")):
         command = commands.add_parser(name, help=text)
-        command.add_argument("job_id")
+        command.add_argument("job_id", nargs="?" if name == "status" else None)
         _output_options(command)
         command.set_defaults(handler=handler)
 
@@ -100,7 +101,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     for pair in args.tag:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise SystemExit(f"--tag: expected KEY=VALUE, got {pair!r}")
+            raise InvalidJob("--tag", "expected KEY=VALUE", pair)
         tags[key] = value
     if tags:
         options["tags"] = tags
@@ -124,6 +125,12 @@ def _refine(client: Client, args: argparse.Namespace) -> int:
 
 
 def _status(client: Client, args: argparse.Namespace) -> int:
+    if args.job_id is None:
+        from zq.overview import overview, render
+
+        view = overview(client.jobs.redis, client.settings.key_prefix)
+        print(json.dumps(view) if args.json else render(view))
+        return EXIT_OK
     return _follow(client, args.job_id, args)
 
 

@@ -3,30 +3,44 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
-
 from common.audit import audit_event
-from common.errors import InvalidJob, JobFailed, ParentFailed
-from common.job import JobKind, JobSpec, new_job
+from common.errors import ConfigError, InvalidJob, JobFailed, JobNotFound, UnknownParent
+from common.images import CONTENT_TYPES as IMAGE_CONTENT_TYPES
+from common.images import EXTENSIONS as IMAGE_EXTENSIONS
+from common.images import InputLimits, check_byte_size, check_mask_size, load_input
+from common.job import KEY_PATTERN, JobKind, JobSpec, new_job
 from common.jobstore import JobStore
 from common.layout import upload_key
 from common.queueing import make_celery, publish_jobs
 from common.settings import Settings
 from common.status import JobRecord, JobStatus
 from common.storage import ObjectStore, open_store
-from common.webhooks import validate_webhook_url
+from common.webhook_policy import WebhookPolicy
 
 ImageInput = str | Path | bytes
 """A local file path, raw image bytes, or (as a ``str`` not naming a file) a storage key."""
 
-_UPLOAD_FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
+@dataclass(frozen=True)
+class StagedInput:
+    """An input image, checked and named by its content, not stored until ``put``."""
+
+    key: str
+    data: bytes | None = None  # None: already in storage under ``key``
+    content_type: str = ""
+    # (width, height) of a checked local image, upright; None for a storage key.
+    size: tuple[int, int] | None = None
+
+    def put(self, store: ObjectStore) -> str:
+        """Store the bytes unless the key already holds them; returns the key."""
+        if self.data is not None and not store.exists(self.key):
+            store.put(self.key, self.data, self.content_type)
+        return self.key
 
 
 @dataclass(frozen=True)
@@ -55,7 +69,11 @@ class Client:
     def __init__(self, settings: Settings, jobs: JobStore | None = None,
                  store: ObjectStore | None = None) -> None:
         self.settings = settings
-        self.jobs = jobs or JobStore.from_url(settings.redis_url, settings.key_prefix)
+        try:
+            self.jobs = jobs or JobStore.from_url(settings.redis_url, settings.key_prefix,
+                                                   settings.record_ttl_s)
+        except ValueError as exc:  # redis-py's verdict on a malformed URL
+            raise ConfigError(f"ZQ_REDIS_URL: {exc}") from None
         self.store = store or open_store(settings)
         self.app = make_celery(settings, name="zq-producer")
 
@@ -69,11 +87,17 @@ class Client:
         """Record and enqueue a built spec. Submitting the same spec again is a no-op.
 
         A queued job whose message was never sent (the submitter crashed in between)
-        is published on resubmission. ``webhook`` is called once when the job ends.
+        is published on resubmission. ``webhook`` is called once when the job ends; it
+        must resolve to public addresses unless ``settings.webhook_allow`` allows it.
         """
+        if not isinstance(spec, JobSpec):
+            raise InvalidJob("spec", "a JobSpec (build one with new_job)", type(spec).__name__)
         if webhook is not None:
-            validate_webhook_url(webhook)
-        outcome = self.jobs.submit(spec)
+            WebhookPolicy(self.settings.webhook_allow).vet(webhook)
+        try:
+            outcome = self.jobs.submit(spec)
+        except JobNotFound:  # the only id submit looks up is the parent's
+            raise UnknownParent(spec.parent_id) from None
         if outcome.created:
             audit_event("submitted", spec, status=outcome.status.value,
                         priority=spec.priority, tags=spec.tags)
@@ -108,38 +132,57 @@ class Client:
                     image: ImageInput | None, mask: ImageInput | None,
                     options: dict[str, Any]) -> JobSpec:
         if parent is not None:
-            parent_spec = self.jobs.get(parent).spec
+            try:
+                parent_spec = self.jobs.get(parent).spec
+            except JobNotFound:
+                raise UnknownParent(parent) from None
             options.setdefault("conversation_id", parent_spec.conversation_id)
             if not prompt:
                 prompt = parent_spec.prompt
-        if image is not None:
-            options["source_image"] = self.upload(image, "source_image")
-        if mask is not None:
-            options["mask"] = self.upload(mask, "mask")
-        return new_job(kind, prompt=prompt or "", parent_id=parent, **options)
+        inputs = {name: self.stage(value, name)
+                  for name, value in (("source_image", image), ("mask", mask))
+                  if value is not None}
+        options.update({name: staged.key for name, staged in inputs.items()})
+        source, mask_input = inputs.get("source_image"), inputs.get("mask")
+        if source and mask_input and source.size and mask_input.size:
+            check_mask_size(source.size, mask_input.size)
+        # The whole spec is checked before anything is stored: a refused job leaves no
+        # orphan object behind.
+        spec = new_job(kind, prompt=prompt or "", parent_id=parent, **options)
+        for staged in inputs.values():
+            staged.put(self.store)
+        return spec
 
     def upload(self, image: ImageInput, field: str = "source_image") -> str:
         """Store a local image under a content-addressed key and return the key.
 
         A ``str`` that is not an existing file is taken as a storage key and must exist.
         """
-        if isinstance(image, str) and not Path(image).is_file():
-            if not self.store.exists(image):
+        return self.stage(image, field).put(self.store)
+
+    def stage(self, image: ImageInput, field: str = "source_image") -> StagedInput:
+        """Check an input image and name its content-addressed key; stores nothing yet.
+
+        Raises ``InvalidJob`` naming ``field`` for anything that is not a readable image
+        file, image bytes or an existing storage key.
+        """
+        if isinstance(image, bytearray | memoryview):
+            image = bytes(image)
+        if not isinstance(image, str | Path | bytes):
+            raise InvalidJob(field, "a file path, image bytes or a storage key",
+                             type(image).__name__)
+        if isinstance(image, str) and _path_kind(image) != "file":
+            if _path_kind(image) == "other":
+                raise InvalidJob(field, "not a regular file", image)
+            if not KEY_PATTERN.fullmatch(image) or ".." in image or not self.store.exists(image):
                 raise InvalidJob(field, "no such file or storage key", image)
-            return image
-        data = image if isinstance(image, bytes) else _read_file(Path(image), field)
-        try:
-            with Image.open(io.BytesIO(data)) as decoded:
-                image_format = decoded.format or ""
-                decoded.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError):
-            raise InvalidJob(field, "must be a readable PNG, JPEG or WebP image") from None
-        if image_format not in _UPLOAD_FORMATS:
-            raise InvalidJob(field, "must be a PNG, JPEG or WebP image", image_format)
-        key = upload_key(hashlib.sha256(data).hexdigest(), _UPLOAD_FORMATS[image_format])
-        if not self.store.exists(key):
-            self.store.put(key, data, f"image/{image_format.lower()}")
-        return key
+            return StagedInput(image)
+        limits = InputLimits.from_settings(self.settings)
+        data = image if isinstance(image, bytes) else _read_file(Path(image), field, limits)
+        # The worker's own door: a file that passes here renders there.
+        checked = load_input(data, field, limits, mask=field == "mask")
+        key = upload_key(hashlib.sha256(data).hexdigest(), IMAGE_EXTENSIONS[checked.format])
+        return StagedInput(key, data, IMAGE_CONTENT_TYPES[checked.format], checked.source_size)
 
     # -- following -------------------------------------------------------------
     def status(self, job_id: str) -> JobRecord:
@@ -184,14 +227,27 @@ class Client:
 
         Children waiting on a job cancelled before it ran fail with "parent cancelled".
         """
-        found, children = self.jobs.cancel(job_id)
+        found, _ = self.jobs.cancel(job_id)
         audit_event("cancel_requested", self.jobs.get(job_id).spec, found=found.value)
-        self.jobs.fail_descendants(children, ParentFailed("parent cancelled"))
         return self.jobs.get(job_id).status
 
 
-def _read_file(path: Path, field: str) -> bytes:
+def _read_file(path: Path, field: str, limits: InputLimits) -> bytes:
     try:
+        check_byte_size(path.stat().st_size, field, limits)  # before reading it all
         return path.read_bytes()
     except OSError as exc:
         raise InvalidJob(field, f"cannot read file: {exc.strerror}", str(path)) from None
+    except ValueError:  # a NUL in the path
+        raise InvalidJob(field, "cannot read file: not a valid path", str(path)) from None
+
+
+def _path_kind(text: str) -> str | None:
+    """``file``, ``other`` (a directory, a device...) or None when nothing is there."""
+    try:
+        path = Path(text)
+        if path.is_file():
+            return "file"
+        return "other" if path.exists() else None
+    except (OSError, ValueError):  # too long for a path, or a NUL in it: not a file
+        return None

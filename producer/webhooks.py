@@ -19,10 +19,16 @@ Check it against the raw request body, before parsing the JSON, with
 ``t`` more than a few minutes from now (that stops a captured request being replayed
 later). Several ``v1=`` entries may appear; any one matching is enough.
 
-Any 2xx answer acknowledges the delivery. Anything else, a timeout or a connection
-error is retried with exponential backoff and jitter, up to ``max_attempts``; then
-the delivery is given up and recorded as failed (and logged on ``zq.audit``).
-Redirects are not followed. URLs are logged as ``scheme://host[:port]`` only.
+Any 2xx answer acknowledges the delivery. Anything else, a timeout, a connection
+error or a name that does not resolve is retried with exponential backoff and jitter,
+up to ``max_attempts``; then the delivery is given up and recorded as failed (and
+logged on ``zq.audit``). Redirects are not followed. URLs are logged as
+``scheme://host[:port]`` only.
+
+Before each attempt the URL is vetted again (:class:`common.webhook_policy.WebhookPolicy`:
+public addresses only, unless ``ZQ_WEBHOOK_ALLOW`` allows more) and the call goes to
+the address just checked (:mod:`producer.webhook_http`). A refused target is given up
+at once, recorded as failed with ``refused: <rule>``, never retried and never connected to.
 """
 
 from __future__ import annotations
@@ -36,19 +42,25 @@ import json
 import logging
 import os
 import random
+import ssl
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import redis
 
 from common.audit import audit_log, configure_audit_logging
-from common.errors import ConfigError
+from common.errors import ConfigError, InvalidJob
 from common.status import JobStatus
+from common.webhook_policy import (
+    WebhookPolicy,
+    WebhookRefused,
+    WebhookTarget,
+    WebhookUnresolvable,
+)
 from common.webhooks import Delivery, WebhookOutbox, redact_url
+from producer.webhook_http import ConnectFailed, post
 
 if TYPE_CHECKING:
     from producer.client import Client
@@ -100,20 +112,20 @@ def verify(secret: bytes, body: bytes, header: str, tolerance_s: float = 300,
 
 
 # -- sending -------------------------------------------------------------------
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """A 3xx is an answer, not an acknowledgement: never re-send the body elsewhere."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
 class Dispatcher:
-    """Sends due webhooks from an outbox; any number may run on one outbox at once."""
+    """Sends due webhooks from an outbox; any number may run on one outbox at once.
+
+    ``policy`` vets each URL right before its call (public addresses only by default:
+    pass ``WebhookPolicy(settings.webhook_allow)`` to honour the allow-list); ``tls``
+    is the context for https receivers (the system's trusted CAs by default).
+    """
 
     def __init__(self, outbox: WebhookOutbox, body_for: Callable[[Delivery], dict[str, Any]],
                  secret: bytes, timeout_s: float = 10.0, max_attempts: int = 8,
                  backoff_base_s: float = 2.0, backoff_max_s: float = 600.0,
-                 lease_s: float | None = None, rng: random.Random | None = None) -> None:
+                 lease_s: float | None = None, rng: random.Random | None = None,
+                 policy: WebhookPolicy | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         if not secret:
             raise ConfigError("a webhook secret is required")
         if max_attempts < 1:
@@ -130,7 +142,8 @@ class Dispatcher:
         # may take the delivery again.
         self.lease_s = lease_s if lease_s is not None else max(60.0, timeout_s * 6)
         self._rng = rng or random.Random()
-        self._opener = urllib.request.build_opener(_NoRedirects)
+        self.policy = policy or WebhookPolicy()
+        self.tls = tls
 
     def backoff_s(self, attempt: int) -> float:
         """Delay after failed attempt ``attempt`` (1-based): doubling, jittered, capped."""
@@ -167,11 +180,21 @@ class Dispatcher:
             self._give_up(delivery, "max attempts reached", None)
             return False
         try:
+            target = self.policy.vet(delivery.url)
+        except WebhookUnresolvable as exc:  # DNS trouble may pass: retried
+            return self._failed(delivery, _short(f"connection: {exc.limit}"), None)
+        except InvalidJob as exc:  # refused (or malformed): it will not get better
+            rule = exc.rule if isinstance(exc, WebhookRefused) else "bad url"
+            log.warning("webhook %s %s to %s refused (%s): not sent", delivery.kind,
+                        delivery.subject_id, redact_url(delivery.url), rule)
+            self._give_up(delivery, _short(f"refused: {exc.limit}"), None)
+            return False
+        try:
             data = self.body_for(delivery)
             body = self._body(delivery, data)
         except Exception as exc:  # a builder's bug or a missing subject: retried
             return self._failed(delivery, _short(f"body: {type(exc).__name__}: {exc}"), None)
-        status, error = self._post(delivery, body)
+        status, error = self._post(target, delivery, body)
         if error is None:
             self.outbox.delivered(delivery, status or 0)
             _audit("webhook_delivered", delivery, status_code=status)
@@ -184,7 +207,8 @@ class Dispatcher:
         return json.dumps(message, sort_keys=True, separators=(",", ":"),
                           default=str).encode()
 
-    def _post(self, delivery: Delivery, body: bytes) -> tuple[int | None, str | None]:
+    def _post(self, target: WebhookTarget, delivery: Delivery,
+              body: bytes) -> tuple[int | None, str | None]:
         """POST ``body``; (status code, None) if acknowledged, else (code or None, error)."""
         headers = {
             "Content-Type": "application/json",
@@ -193,17 +217,10 @@ class Dispatcher:
             "X-Zq-Delivery": delivery.delivery_id,
             SIGNATURE_HEADER: sign(self.secret, body, int(time.time())),
         }
-        request = urllib.request.Request(delivery.url, data=body, headers=headers,
-                                         method="POST")
         try:
-            with self._opener.open(request, timeout=self.timeout_s) as response:
-                status = int(response.status)
-                response.read(64 * 1024)
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            return exc.code, f"HTTP {exc.code}"
-        except urllib.error.URLError as exc:
-            return None, _short(f"connection: {exc.reason}")
+            status = post(target, body, headers, self.timeout_s, self.tls)
+        except ConnectFailed as exc:
+            return None, _short(f"connection: {exc}")
         except TimeoutError:
             return None, f"timed out after {self.timeout_s}s"
         except Exception as exc:  # OSError, http.client.HTTPException and the like
@@ -312,7 +329,8 @@ def run_webhooks(client: Client, args: argparse.Namespace) -> int:
     outbox = WebhookOutbox(client.jobs.redis, client.settings.key_prefix)
     dispatcher = Dispatcher(outbox, body_from_registry(client), secret,
                             timeout_s=args.timeout, max_attempts=args.max_attempts,
-                            backoff_base_s=args.backoff_base, backoff_max_s=args.backoff_max)
+                            backoff_base_s=args.backoff_base, backoff_max_s=args.backoff_max,
+                            policy=WebhookPolicy(client.settings.webhook_allow))
     if args.once:
         print(f"zq webhooks: {dispatcher.run_once()} attempted", flush=True)
         return 0

@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING
 from celery import Celery
 
 from common.audit import configure_audit_logging
+from common.deadletters import DeadLetterStore
 from common.errors import ConfigError, WorkerBroken
 from common.job import JobKind, ModelType, new_job
 from common.jobstore import JobStore
+from common.queueing import TASK_NAMES
 from common.settings import Settings
 from common.storage import open_store
 from worker.acceleration import ModelOptions
@@ -20,9 +22,11 @@ from worker.audit import AuditHooks
 from worker.execute import CurrentJob, JobRunner
 from worker.health import health_path
 from worker.hooks import HookSet
+from worker.intake import Intake
 from worker.liveness import Liveness, WorkerRegistry
 from worker.metrics import WorkerMetrics, gpu_memory_of
 from worker.models import load_model
+from worker.ports import bind_first_free
 from worker.render import Renderer
 from worker.results import RenderInputs
 
@@ -72,10 +76,15 @@ def start_runtime(settings: Settings, model: ModelType, worker_id: str,
 
     configure_audit_logging()
     metrics = WorkerMetrics(model)
-    if settings.metrics_port:
-        metrics.serve(settings.metrics_port)
-    jobs = JobStore.from_url(settings.redis_url, settings.key_prefix)
+    address = settings.metrics_addr
+    port = bind_first_free(lambda candidate: metrics.serve(candidate, address), address,
+                           settings.metrics_port, settings.exporter_port)
+    log.info("metrics at http://%s:%d/metrics", address, port)
+    jobs = JobStore.from_url(settings.redis_url, settings.key_prefix, settings.record_ttl_s)
     registry = WorkerRegistry(jobs, worker_id, model, ttl_s=settings.lease_ttl_s * 2)
+    registry.update(metrics_addr=address, metrics_port=port)
+    letters = DeadLetterStore(jobs.redis, settings.key_prefix, settings.dead_letter_max)
+    intake = Intake(jobs, letters, worker_id, TASK_NAMES.values(), metrics.dead_lettered)
     current = CurrentJob()
     # Beat (and write the health file, not ready) while the weights load: a probe must
     # see a loading worker as alive, or Kubernetes restarts it mid-load.
@@ -106,4 +115,4 @@ def start_runtime(settings: Settings, model: ModelType, worker_id: str,
                        current)
     caches = {"prompt_embeds": renderer.prompt_cache, "latent_template": renderer.latent_cache}
     metrics.watch(current, caches, gpu_memory_of(loaded.device))  # type: ignore[arg-type]
-    return WorkerRuntime(model, runner, registry, liveness, metrics)
+    return WorkerRuntime(model, runner, registry, liveness, metrics, intake)

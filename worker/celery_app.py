@@ -22,8 +22,10 @@ from common.job import JobKind, ModelType
 from common.queueing import TASK_NAMES, make_celery, model_for_queue
 from common.settings import Settings
 from worker.execute import JobRunner
+from worker.intake import Intake
 from worker.liveness import Liveness, WorkerRegistry
 from worker.metrics import WorkerMetrics
+from worker.transport import worker_transport_config
 
 log = logging.getLogger("zq.worker")
 EXIT_CANNOT_START = 78  # EX_CONFIG
@@ -32,6 +34,9 @@ EXIT_MODEL_CHANGED = 70  # EX_SOFTWARE: the loaded weights changed; a fresh proc
 # Celery's `-A` needs a module-level app; settings are read once, here, for it.
 settings = Settings.from_env()
 app = make_celery(settings, name="zq-worker")
+# Every message passes worker.intake first: one that cannot run is dead-lettered, not fatal.
+app.conf.worker_consumer = "worker.consumer:Consumer"
+app.conf.update(worker_transport_config(settings.redis_url))
 
 
 @dataclass
@@ -43,10 +48,11 @@ class WorkerRuntime:
     registry: WorkerRegistry
     liveness: Liveness
     metrics: WorkerMetrics
+    intake: Intake
 
 
 _runtime: WorkerRuntime | None = None
-# Celery's worker_main returns normally after a WorkerShutdown; ``zq worker`` exits with this.
+# Set when a job stops the worker on purpose; ``zq worker`` exits with it (else Celery's code).
 exit_code = 0
 
 

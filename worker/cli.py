@@ -46,14 +46,46 @@ def worker_argv(model: ModelType, name: str, loglevel: str) -> list[str]:
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    """Start a Celery worker in this process; SIGTERM lets the running job finish first."""
+    """Start a Celery worker in this process; SIGTERM lets the running job finish first.
+
+    Exits 0 after a normal shutdown (SIGTERM); non-zero when the worker stopped for an
+    error: Celery's code (1 for an unrecoverable error or a broker it gave up on), 70 when
+    its model changed, 78 when it cannot start.
+    """
     model = ModelType(args.model)
     os.environ["ZQ_WORKER_MODEL"] = model.value
     name = args.name or f"zq-{model.value}@{socket.gethostname()}-{os.getpid()}"
     from worker import celery_app
 
-    celery_app.app.worker_main(worker_argv(model, name, args.loglevel))
-    return celery_app.exit_code
+    code = start_celery(celery_app.app, worker_argv(model, name, args.loglevel))
+    return exit_status(celery_app.exit_code, code)
+
+
+def start_celery(app: Any, argv: list[str]) -> object:
+    """Run Celery's command line like ``app.worker_main``, returning its exit code.
+
+    ``worker_main`` (and ``app.start``) drop the code the worker exits with; this is the
+    same call, keeping it.
+    """
+    from celery.bin.celery import celery
+    from click.exceptions import Exit
+
+    celery.params[0].default = app
+    try:
+        return celery.main(args=argv, standalone_mode=False)
+    except Exit as exc:
+        return exc.exit_code
+    finally:
+        celery.params[0].default = None
+
+
+def exit_status(requested: int, celery_code: object) -> int:
+    """The process exit code: one a job asked for, else Celery's (None and 0 mean 0)."""
+    if requested:
+        return requested
+    if isinstance(celery_code, int):
+        return celery_code
+    return 0 if celery_code in (None, "", False) else 1
 
 
 def probe_health(args: argparse.Namespace) -> int:

@@ -8,19 +8,20 @@ the worker. The Celery task is a thin wrapper around ``JobRunner.run``.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import redis
 from celery import Celery
-from PIL import Image, UnidentifiedImageError
 
 from common.errors import (
+    BadInputImage,
     InputImageError,
     InvalidJob,
     JobCancelled,
@@ -32,9 +33,11 @@ from common.errors import (
     ParentFailed,
     PoisonJob,
     StorageError,
+    StorageUnavailable,
     WorkerBroken,
     WorkerError,
 )
+from common.images import InputImage, InputLimits, load_input, match_mask
 from common.job import JobSpec
 from common.jobstore import JobStore
 from common.layout import CONTENT_TYPES, image_key, manifest_key
@@ -51,8 +54,11 @@ from worker.results import RenderInputs, RenderResult
 log = logging.getLogger("zq.worker")
 
 # Storage retries in the finisher, seconds between tries: the rendered image is kept,
-# so a short outage costs a wait, not a second render. After the last, the job requeues.
-STORE_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0)
+# so a blip costs a wait, not a second render. After the last, the job goes back to the
+# queue with a retry time, so a longer outage does not hold the worker (or its hand-off).
+STORE_RETRY_DELAYS_S = (0.5, 1.0, 2.0)
+# Infrastructure retries of a job back off exponentially up to this many seconds apart.
+MAX_RETRY_DELAY_S = 30.0
 # How long the finisher lets the job thread take the next job before storing the last one
 # (the next render usually starts within a few ms; with no next job, this is the delay).
 HANDOFF_GRACE_S = 0.02
@@ -188,9 +194,8 @@ class JobRunner:
                 result = self.renderer.render(spec, inputs, self._progress(spec))
             finally:
                 self.current.rendering.clear()
-        except StorageError as exc:
-            self._retry_later(spec, exc)
-            return "requeued"
+        except (StorageError, redis.RedisError) as exc:
+            return self._retry_later(record, exc)
         except WorkerBroken:
             log.critical("job %s goes back to the queue: this worker's model changed",
                          spec.job_id)
@@ -230,8 +235,7 @@ class JobRunner:
                     break
                 except StorageError as exc:
                     if delay is None:
-                        self._requeue(spec, f"storage failed {len(STORE_RETRY_DELAYS_S) + 1} "
-                                            f"times ({exc})")
+                        self._retry_later(record, exc)
                         return
                     log.warning("job %s: storing failed, trying again in %ss: %s",
                                 spec.job_id, delay, exc)
@@ -252,7 +256,14 @@ class JobRunner:
             if time.monotonic() > deadline:
                 raise JobTimedOut(f"timed out after {self.settings.job_timeout_s}s "
                                 f"at step {done} of {total}")
-            stop = self.jobs.report_progress(spec.job_id, done, total)
+            try:
+                stop = self.jobs.report_progress(spec.job_id, done, total)
+            except redis.RedisError as exc:
+                # A Redis blip must not throw away the render: progress and the cancel
+                # check resume at the next step; the lease covers a short outage.
+                log.warning("job %s: progress not recorded at step %d: %s", spec.job_id,
+                            done, exc)
+                stop = False
             self.hooks.progressed(spec, done, total)
             return stop
 
@@ -273,22 +284,29 @@ class JobRunner:
         images = {name: self._image(name, key) for name, key in keys.items()}
         image = images.get("parent_image") or images.get("source_image")
         mask = images.get("mask")
-        if mask is not None and image is not None and mask.size != image.size:
-            raise InputImageError(f"mask is {mask.size[0]}x{mask.size[1]} but the image is "
-                                  f"{image.size[0]}x{image.size[1]}")
-        return RenderInputs(image=image, mask=mask), keys
+        mask_image = None
+        if mask is not None:
+            if image is None:
+                raise InputImageError("a mask needs an image to edit")
+            try:
+                mask_image = match_mask(image, mask)
+            except BadInputImage as exc:
+                raise InputImageError(f"mask {keys['mask']!r}: {exc.limit}") from None
+        return RenderInputs(image=image.image if image else None, mask=mask_image), keys
 
-    def _image(self, name: str, key: str) -> Image.Image:
+    def _image(self, name: str, key: str) -> InputImage:
+        """An input through the one image door (bounded, normalised): ``input_invalid``
+        for anything the door refuses."""
         try:
             data = self.store.get(key)
         except ObjectNotFound:
             raise InputImageError(f"{name} {key!r} is missing from storage") from None
         try:
-            image = Image.open(io.BytesIO(data))
-            image.load()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise InputImageError(f"{name} {key!r} is not a readable image: {exc}") from None
-        return image
+            return load_input(data, name, InputLimits.from_settings(self.settings),
+                              mask=name == "mask")
+        except BadInputImage as exc:
+            shown = "" if exc.value is None else f" (got {exc.value})"
+            raise InputImageError(f"{name} {key!r}: {exc.limit}{shown}") from None
 
     def _store(self, rendered: Rendered) -> str:
         """Write image then manifest, finish the job, release its children; returns the key."""
@@ -308,19 +326,19 @@ class JobRunner:
         key = manifest_key(spec)
         self.store.put(key, json.dumps(manifest, indent=2).encode(), "application/json")
         width, height = result.image.size
-        children = self.jobs.finish(spec, JobStatus.SUCCEEDED, image=image, manifest=key,
-                                    width=str(width), height=str(height))
-        released = [c for c in children or [] if self.jobs.release(self.jobs.get(c).spec)]
-        publish_jobs(self.app, self.jobs, released)
+        ending = self.jobs.finish(spec, JobStatus.SUCCEEDED, image=image, manifest=key,
+                                  width=str(width), height=str(height))
+        if ending is not None:
+            pause_after_finish()
+            publish_jobs(self.app, self.jobs, ending.released)
         return image
 
     def _fail(self, spec: JobSpec, error: JobFailed,
               status: JobStatus = JobStatus.FAILED) -> None:
         log.warning("job %s %s: %s", spec.job_id, status.value, error.reason)
-        children = self.jobs.finish(spec, status, error=error.reason, error_code=error.code)
         word = "cancelled" if status is JobStatus.CANCELLED else "failed"
         reason = ParentFailed(f"parent {word}: job {spec.job_id}: {error.reason}")
-        self.jobs.fail_descendants(children or [], reason)
+        self.jobs.finish(spec, status, reason.reason, error=error.reason, error_code=error.code)
 
     def _requeue(self, spec: JobSpec, why: str = "") -> None:
         """Put a claimed job back to queued and publish it; the delivery count bounds this."""
@@ -329,11 +347,38 @@ class JobRunner:
         if self.jobs.requeue(spec):
             publish_jobs(self.app, self.jobs, [spec.job_id])
 
-    def _retry_later(self, spec: JobSpec, exc: StorageError) -> None:
-        """Storage trouble may pass: put the job back after a pause."""
-        log.warning("job %s hit a storage error, requeueing: %s", spec.job_id, exc)
-        time.sleep(min(2.0 ** self.jobs.get(spec.job_id).deliveries, 30.0))
-        self._requeue(spec)
+    def _retry_later(self, record: JobRecord, exc: Exception) -> str:
+        """Storage or Redis trouble may pass: the job goes back to wait, the worker goes on.
+
+        The job is not run again before its retry time (exponential backoff), and the
+        delivery is not counted towards poison. Past the retry budget the job fails with
+        ``storage_unavailable``, unless the settings say to wait out the outage.
+        """
+        spec = record.spec
+        error = f"{type(exc).__name__}: {exc}"
+        waited = time.time() - (record.infra_since or time.time())
+        settings = self.settings
+        if waited >= settings.infra_retry_budget_s and settings.infra_outage == "fail":
+            failure = StorageUnavailable(
+                f"storage unavailable for {waited:.0f}s, past ZQ_INFRA_RETRY_BUDGET_S="
+                f"{settings.infra_retry_budget_s} ({record.infra_retries} retries): {error}")
+            self._fail(spec, failure)
+            self.hooks.finished(JobOutcome(record, JobStatus.FAILED, error=failure))
+            return JobStatus.FAILED.value
+        delay = min(2.0 ** record.infra_retries, MAX_RETRY_DELAY_S)
+        log.warning("job %s: %s; retrying in %.0fs without holding the worker", spec.job_id,
+                    error, delay)
+        self.jobs.retry_later(spec, self.worker_id, delay, error)
+        return "retry_later"
+
+
+def pause_after_finish() -> None:
+    """Test hook: ``ZQ_TEST_PAUSE_AFTER_FINISH_S`` holds a worker between a job's end and
+    the publishing of its released children, so a test can kill it there."""
+    pause = os.environ.get("ZQ_TEST_PAUSE_AFTER_FINISH_S")
+    if pause:
+        log.warning("test hook: pausing %ss after finishing a job", pause)
+        time.sleep(float(pause))
 
 
 def _as_failure(exc: Exception, spec: JobSpec) -> tuple[JobFailed, JobStatus]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from celery import Celery
 
 from common.aging import promote_overdue
-from common.job import JobSpec, ModelType
+from common.job import MAX_PRIORITY, JobSpec, ModelType
 from common.jobstore import JobStore
 from common.queueing import publish_jobs
 from common.status import JobRecord
@@ -29,6 +29,8 @@ from worker.health import Health, write_health
 from worker.hooks import JobOutcome
 
 log = logging.getLogger("zq.worker")
+# Dead workers' ids are dropped from the worker list this often.
+PRUNE_INTERVAL_S = 60.0
 
 
 class WorkerRegistry:
@@ -93,6 +95,7 @@ class Liveness(threading.Thread):
         self.max_wait_s = max_wait_s
         self.ready = False
         self.stopping = threading.Event()
+        self.next_prune = 0.0
 
     def run(self) -> None:
         """Beat until stopped; an error in one beat is logged, never fatal."""
@@ -125,7 +128,11 @@ class Liveness(threading.Thread):
         self.recover()
 
     def recover(self) -> list[str]:
-        """Re-publish jobs of this model type that were lost; returns their ids."""
+        """Re-publish jobs of this model type that were lost or are due a retry.
+
+        Returns their ids. A job that lost its worker, or waited out a storage outage,
+        had already waited its turn: it goes to the front of the queue.
+        """
         recovered = []
         for job_id in self.jobs.orphaned(self.model):
             if job_id in self.current.held():
@@ -133,13 +140,19 @@ class Liveness(threading.Thread):
             if self.jobs.requeue(self.jobs.get(job_id).spec):
                 log.warning("job %s lost its worker (lease expired); requeued", job_id)
                 recovered.append(job_id)
+        recovered += self.jobs.due_retries(self.model)
+        publish_jobs(self.app, self.jobs, recovered, priority=MAX_PRIORITY)
         stale = self.jobs.needs_publish(self.model, older_than_s=self.lease_ttl_s)
-        publish_jobs(self.app, self.jobs, recovered + [j for j in stale if j not in recovered])
+        publish_jobs(self.app, self.jobs, stale)
+        if time.monotonic() >= self.next_prune:
+            self.next_prune = time.monotonic() + PRUNE_INTERVAL_S
+            for name in self.jobs.prune_workers(self.model):
+                log.info("worker %s stopped beating long ago; removed from the list", name)
         if self.max_wait_s:
             for job_id in promote_overdue(self.jobs, self.app, self.model, self.max_wait_s):
                 log.info("job %s waited over %ss: promoted to the top priority", job_id,
                          self.max_wait_s)
-        return recovered + stale
+        return recovered + [j for j in stale if j not in recovered]
 
     def stop(self) -> None:
         """Stop beating (at worker shutdown) and say so in the health file."""

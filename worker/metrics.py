@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from common.deadletters import REASONS
 from common.job import JobKind, JobSpec, ModelType
 from common.status import TERMINAL, JobRecord
 from worker.execute import CurrentJob
@@ -55,6 +56,11 @@ class WorkerMetrics:
         self.ready = Gauge("zq_worker_ready", "1 once the weights are loaded and warm",
                            ["model"], registry=r)
         self.ready.labels(self.model).set(0)
+        self.dead_letters = Counter("zq_dead_letters",
+                                    "Broker messages this worker moved to the dead-letter list",
+                                    ["model", "reason"], registry=r)
+        for reason in REASONS:
+            self.dead_letters.labels(self.model, reason)
         # Series that exist from the start: rate() cannot see a job counted before
         # Prometheus first scraped its series.
         for kind in JobKind:
@@ -70,9 +76,17 @@ class WorkerMetrics:
         """Add the values read at scrape time: job age, cache counts, GPU memory."""
         self.registry.register(_ScrapeTimeCollector(self.model, current, caches, gpu_memory))
 
-    def serve(self, port: int, address: str = "0.0.0.0") -> None:
-        """Serve ``/metrics`` on ``port`` from a background thread."""
-        start_http_server(port, addr=address, registry=self.registry)
+    def serve(self, port: int, address: str = "127.0.0.1") -> int:
+        """Serve ``/metrics`` on ``address:port`` from a background thread; returns the port.
+
+        Port 0 lets the OS choose one; the bound port is returned.
+        """
+        server, _ = start_http_server(port, addr=address, registry=self.registry)
+        return int(server.server_port)
+
+    def dead_lettered(self, reason: str) -> None:
+        """Count a message moved to the dead-letter list."""
+        self.dead_letters.labels(self.model, reason).inc()
 
     # -- job hooks --------------------------------------------------------------
     def started(self, record: JobRecord) -> None:

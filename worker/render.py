@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from common.errors import InputImageError, InvalidJob, JobCancelled
+from common.images import fit_size
 from common.job import JobKind, JobSpec
 from worker.caches import LRUCache, latent_shape, make_latent_template
 from worker.models import LoadedModel, ProgressCallback
@@ -28,7 +29,11 @@ class Renderer:
         self.latent_cache: LRUCache[tuple[int, ...], torch.Tensor] = LRUCache(latent_cache_size)
 
     def output_size(self, job: JobSpec, inputs: RenderInputs) -> tuple[int, int]:
-        """(width, height): the job's, or its input image's rounded down to the size rule."""
+        """(width, height): the job's, or derived from its input image by ``fit_size``.
+
+        The input's aspect ratio is kept, scaled down to fit the job limits (``MAX_PIXELS``,
+        ``MAX_SIDE_PX``), each side rounded down to the model's size multiple.
+        """
         multiple = self.model.size_multiple
         if job.width is not None and job.height is not None:
             for name, side in (("width", job.width), ("height", job.height)):
@@ -40,7 +45,7 @@ class Renderer:
         width, height = inputs.image.size
         if width < multiple or height < multiple:
             raise InputImageError(f"input image {width}x{height} is smaller than {multiple}px")
-        return width - width % multiple, height - height % multiple
+        return fit_size(width, height, multiple)
 
     def render(self, job: JobSpec, inputs: RenderInputs, on_step: ProgressCallback) -> RenderResult:
         """Run the pipeline for ``job``; raises ``JobCancelled`` if ``on_step`` asks to stop.

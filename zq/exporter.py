@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from common.deadletters import DeadLetterStore
 from common.queueload import read_loads
 from common.settings import Settings
 
@@ -53,13 +54,17 @@ class QueueLoadCollector(Collector):
             for name, family in families.items():
                 family.add_metric([load.model.value], values[name])
         yield from families.values()
+        dead = GaugeMetricFamily("zq_dead_letters",
+                                 "Broker messages in the dead-letter list (zq dead-letters)")
+        dead.add_metric([], DeadLetterStore(self.client, self.prefix).count())
+        yield dead
 
 
 def add_command(commands: Any) -> None:
     """Register ``zq exporter``."""
     exporter = commands.add_parser("exporter", help="serve per-model queue load for Prometheus")
     exporter.add_argument("--port", type=int, help="default ZQ_EXPORTER_PORT or 9401")
-    exporter.add_argument("--address", default="0.0.0.0")
+    exporter.add_argument("--address", help="default ZQ_EXPORTER_ADDR or 127.0.0.1")
     exporter.set_defaults(handler=run_exporter)
 
 
@@ -70,7 +75,8 @@ def run_exporter(args: argparse.Namespace) -> int:
     registry = CollectorRegistry()
     registry.register(QueueLoadCollector(client, settings.key_prefix))
     port = args.port or settings.exporter_port
-    start_http_server(port, addr=args.address, registry=registry)
-    print(f"zq exporter serving queue load on {args.address}:{port}/metrics", flush=True)
+    address = args.address or settings.exporter_addr
+    start_http_server(port, addr=address, registry=registry)
+    print(f"zq exporter serving queue load on {address}:{port}/metrics", flush=True)
     while True:
         time.sleep(3600)

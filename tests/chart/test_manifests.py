@@ -134,6 +134,8 @@ def test_worker_pods(helm, values_file: str) -> None:
         ]
         env = env_of(container)
         assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+        # Workers listen on loopback unless told otherwise: Prometheus scrapes the pod IP.
+        assert env["ZQ_METRICS_ADDR"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
         assert env[f"ZQ_MODEL_{model.upper()}"]["value"]
         assert {"ZQ_REDIS_URL", "HF_HUB_CACHE"} <= set(env)
         mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
@@ -250,6 +252,9 @@ def test_exporter_serves_queue_load(helm) -> None:
     objects, _ = render("default-values.yaml")
     exporter = by_kind(objects, "Deployment")["zq-zimage-queue-exporter"]
     assert _container(exporter)["command"] == ["zq", "exporter", "--port", "9401"]
+    env = env_of(_container(exporter))
+    # Its probes and Prometheus reach it on the pod IP, not loopback (the default).
+    assert env["ZQ_EXPORTER_ADDR"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
     service = by_kind(objects, "Service")["zq-zimage-queue-exporter"]
     assert service["spec"]["ports"][0]["port"] == 9401
 

@@ -80,6 +80,8 @@ def cluster_env(redis_server: RedisServer, rgw: RgwServer, bucket: str,
         "OMP_NUM_THREADS": "1",
         # Tests that scrape metrics give each worker its own port.
         "ZQ_METRICS_PORT": "0",
+        # Webhook receivers in tests listen on loopback, which is refused by default.
+        "ZQ_WEBHOOK_ALLOW": "127.0.0.1",
     }
 
 

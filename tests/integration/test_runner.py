@@ -7,8 +7,10 @@ not pixels); the job records, Lua scripts, object writes and Celery messages are
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +151,7 @@ def test_a_short_storage_outage_costs_retries_not_a_second_render(
     assert renderer.rendered == [spec.job_id]
 
 
-def test_a_long_storage_outage_puts_the_job_back_unfinished(
+def test_a_long_storage_outage_puts_the_job_back_to_retry_later(
         settings: Settings, jobs: JobStore, tmp_path: Path) -> None:
     store = FlakyStore(tmp_path, failures=100)
     runner = make_runner(settings, jobs, store, FakeRenderer())
@@ -160,8 +162,40 @@ def test_a_long_storage_outage_puts_the_job_back_unfinished(
     record = jobs.get(spec.job_id)
     assert record.status is JobStatus.QUEUED and record.image is None
     assert not store.exists(manifest_key(spec))
-    assert queued_messages(jobs) == before + 1  # published again for any worker
-    assert not jobs.is_unpublished(spec)
+    # Not held by the worker, not counted towards poison, not run before its time.
+    assert record.deliveries == 0 and record.infra_retries == 1
+    assert record.infra_error is not None and "StorageError" in record.infra_error
+    assert record.not_before is not None and record.not_before > time.time()
+    assert queued_messages(jobs) == before  # the retry schedule publishes it when due
+    assert runner.current.held() == []
+    time.sleep(max(0.0, record.not_before - time.time()) + 0.05)
+    assert jobs.due_retries(ModelType.TURBO) == [spec.job_id]
+
+
+@pytest.mark.parametrize(("policy", "ends"), [("fail", JobStatus.FAILED),
+                                              ("wait", JobStatus.QUEUED)])
+def test_past_the_retry_budget_the_job_fails_or_waits_per_setting(
+        settings: Settings, jobs: JobStore, tmp_path: Path, policy: str,
+        ends: JobStatus) -> None:
+    settings = replace(settings, infra_retry_budget_s=5, infra_outage=policy)
+    runner = make_runner(settings, jobs, FlakyStore(tmp_path, failures=100), FakeRenderer())
+    (spec,) = submitted(jobs)
+    runner.run(spec.job_id)
+    assert runner.close(timeout_s=30)
+    assert jobs.get(spec.job_id).status is JobStatus.QUEUED  # within the budget: retry
+    # The outage began long ago: the budget is spent.
+    jobs.redis.hset(jobs.job_key(spec.job_id), mapping={"infra_since": time.time() - 6,
+                                                         "not_before": 0})
+    runner = make_runner(settings, jobs, FlakyStore(tmp_path, failures=100), FakeRenderer())
+    runner.run(spec.job_id)
+    assert runner.close(timeout_s=30)
+    record = jobs.get(spec.job_id)
+    assert record.status is ends
+    if ends is JobStatus.FAILED:
+        assert record.error_code == "storage_unavailable"
+        assert record.error is not None and "ZQ_INFRA_RETRY_BUDGET_S=5" in record.error
+    else:
+        assert record.infra_retries == 2 and record.deliveries == 0
 
 
 def test_a_changed_model_requeues_the_job_and_stops_the_runner(

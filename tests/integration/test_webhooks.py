@@ -31,6 +31,7 @@ from common.errors import InvalidJob
 from common.job import JobKind, new_job
 from common.jobstore import JobStore
 from common.status import JobStatus
+from common.webhook_policy import WebhookPolicy
 from common.webhooks import Delivery, WebhookOutbox
 from producer.webhooks import Dispatcher, verify
 from zq.embedded_redis import RedisServer
@@ -187,9 +188,10 @@ def manifest_body(delivery: Delivery) -> dict[str, Any]:
 
 
 def dispatcher(outbox: WebhookOutbox, **options: Any) -> Dispatcher:
-    """A dispatcher with test-sized timeouts and backoff."""
+    """A dispatcher with test-sized timeouts and backoff, allowed to reach 127.0.0.1."""
     settings: dict[str, Any] = {"timeout_s": 2.0, "backoff_base_s": 0.05,
-                                "backoff_max_s": 0.2, **options}
+                                "backoff_max_s": 0.2,
+                                "policy": WebhookPolicy(("127.0.0.1",)), **options}
     return Dispatcher(outbox, settings.pop("body_for", manifest_body), SECRET, **settings)
 
 
@@ -423,7 +425,7 @@ def test_zq_webhooks_sends_a_finished_jobs_record_and_url(
         redis_server: RedisServer, connect: Callable[..., redis.Redis], prefix: str,
         receivers: Callable[..., Receiver], tmp_path: Path) -> None:
     env = {**os.environ, "ZQ_REDIS_URL": redis_server.url, "ZQ_KEY_PREFIX": prefix,
-           "ZQ_STORAGE_URL": f"file://{tmp_path}"}
+           "ZQ_STORAGE_URL": f"file://{tmp_path}", "ZQ_WEBHOOK_ALLOW": "127.0.0.1"}
     env.pop("ZQ_WEBHOOK_SECRET", None)
     command = [sys.executable, "-m", "zq", "webhooks", "--once"]
     missing = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)

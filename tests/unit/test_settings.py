@@ -17,7 +17,7 @@ def test_defaults_from_an_empty_environment() -> None:
     assert settings.redis_url == "redis://127.0.0.1:6379/0"
     assert settings.storage_url == "file://./zq-data"
     assert settings.s3_endpoint_url is None
-    assert settings.s3_region == "us-east-1"
+    assert settings.s3_region is None  # boto3 chooses: AWS_REGION, AWS_DEFAULT_REGION, config
     assert settings.model_sources == DEFAULT_MODEL_SOURCES
     assert settings.model_sources[ModelType.TURBO] == "Tongyi-MAI/Z-Image-Turbo"
     assert settings.model_sources[ModelType.BASE] == "Tongyi-MAI/Z-Image"

@@ -71,6 +71,14 @@ def test_local_key_escaping_root_is_refused(tmp_path: Path, key: str) -> None:
     assert not (tmp_path / "x").exists()
 
 
+def test_local_key_too_long_for_a_file_name_is_simply_missing(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    key = "uploads/" + "a" * 400  # one path component longer than any file system allows
+    assert not store.exists(key)
+    with pytest.raises(ObjectNotFound):
+        store.get(key)
+
+
 def test_local_escape_is_not_object_not_found(tmp_path: Path) -> None:
     """Escaping the root is a refusal, not a miss a caller might treat as 'retry later'."""
     with pytest.raises(StorageError) as info:
