@@ -6,6 +6,7 @@ not pixels); the job records, Lua scripts, object writes and Celery messages are
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -23,11 +24,12 @@ from common.errors import StorageError, WorkerBroken
 from common.job import JobKind, JobSpec, ModelType, new_job
 from common.jobstore import JobStore
 from common.layout import image_key, manifest_key
-from common.queueing import make_celery, queue_name
+from common.queueing import make_celery, publish_jobs, queue_name
 from common.settings import Settings
 from common.status import JobStatus
 from common.storage import LocalStore
-from worker.execute import JobRunner
+from worker.execute import CurrentJob, JobRunner
+from worker.liveness import Liveness, WorkerRegistry
 from worker.results import RenderInputs, RenderResult
 from zq.embedded_redis import RedisServer
 
@@ -212,3 +214,20 @@ def test_a_changed_model_requeues_the_job_and_stops_the_runner(
     assert queued_messages(jobs) == 1
     assert runner.current.held() == []
     assert runner.close(timeout_s=10)
+
+
+def test_a_recovered_job_goes_to_the_front_of_its_queue(settings: Settings,
+                                                        jobs: JobStore) -> None:
+    app = make_celery(settings)
+    waiting, lost = submitted(jobs, 2)
+    publish_jobs(app, jobs, [waiting.job_id])
+    jobs.claim(lost, "dead@test", 30, 3)
+    jobs.redis.delete(f"{jobs.prefix}:lease:{lost.job_id}")  # its worker died
+    registry = WorkerRegistry(jobs, "alive@test", ModelType.TURBO, 30)
+    liveness = Liveness(jobs, app, ModelType.TURBO, "alive@test", CurrentJob(), registry, 3)
+    assert liveness.recover() == [lost.job_id]
+    # kombu keeps one list per priority; the bare queue name is polled first.
+    front = [json.loads(m) for m in jobs.redis.lrange(queue_name(ModelType.TURBO), 0, -1)]
+    assert [message["headers"]["kwargsrepr"] for message in front] == [
+        repr({"job_id": lost.job_id})]
+    assert queued_messages(jobs) == 2  # the job that was waiting is still queued, behind it

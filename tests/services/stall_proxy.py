@@ -2,13 +2,15 @@
 
 Clients connect to ``proxy.port`` on 127.0.0.1; bytes are relayed to the target. While
 stalled, nothing moves in either direction (bytes wait, nothing is dropped), as when a
-storage endpoint stops answering; ``resume()`` lets the waiting bytes through.
+storage endpoint stops answering; ``resume()`` lets the waiting bytes through. While
+``down()``, connections are reset and refused, as in an outage, until ``up()``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import threading
 from dataclasses import dataclass, field
 
@@ -20,6 +22,7 @@ class StallProxy:
     target: tuple[str, int]
     port: int = 0
     flowing: threading.Event = field(default_factory=threading.Event)
+    refusing: threading.Event = field(default_factory=threading.Event)
     _listener: socket.socket | None = None
     _closed: threading.Event = field(default_factory=threading.Event)
     _sockets: list[socket.socket] = field(default_factory=list)
@@ -47,6 +50,22 @@ class StallProxy:
         """Let bytes through again."""
         self.flowing.set()
 
+    def down(self) -> None:
+        """An outage: open connections are reset and new ones refused until ``up()``."""
+        self.refusing.set()
+        self._drop_connections()
+
+    def up(self) -> None:
+        """The outage is over: connections are relayed again."""
+        self.refusing.clear()
+
+    def _drop_connections(self) -> None:
+        sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()
+
     def close(self) -> None:
         """Stop listening and drop every connection."""
         self._closed.set()
@@ -60,6 +79,12 @@ class StallProxy:
         while not self._closed.is_set():
             try:
                 client, _ = listener.accept()
+                if self.refusing.is_set():
+                    # Reset at once, as a load balancer with no healthy backend does.
+                    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                      struct.pack("ii", 1, 0))
+                    client.close()
+                    continue
                 upstream = socket.create_connection(self.target, timeout=10)
             except OSError:
                 return
