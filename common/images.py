@@ -39,9 +39,9 @@ ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "MPO": "jpg", "WEBP": "webp"}
 CONTENT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "MPO": "image/jpeg",
                  "WEBP": "image/webp"}
-OVERSIZE_POLICIES = ("resize", "refuse")
 
-_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+# How PNG and JPEG files begin (WebP: RIFF, a size, then WEBP).
+_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
 # EXIF orientations that swap width and height.
 _QUARTER_TURNS = frozenset({5, 6, 7, 8})
 _BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
@@ -125,8 +125,10 @@ def load_input(data: bytes, field: str, limits: InputLimits, *,
         opened = _open(data, field, limits)
     except BadInputImage:
         raise
-    except UnidentifiedImageError:
-        raise BadInputImage(field, "must be a PNG, JPEG or WebP image") from None
+    except UnidentifiedImageError as exc:
+        if data.startswith(_SIGNATURES) or (data[:4], data[8:12]) == (b"RIFF", b"WEBP"):
+            raise BadInputImage(field, f"not a readable image: {_describe(exc)}") from None
+        raise BadInputImage(field, "must be a readable PNG, JPEG or WebP image") from None
     except Exception as exc:  # whatever a hostile header makes a plugin raise
         raise BadInputImage(field, f"not a readable image: {_describe(exc)}") from None
     image_format = opened.format or ""
@@ -225,8 +227,6 @@ def _eight_bit(image: Image.Image) -> Image.Image:
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         # 16-bit samples: scale 0..65535 to 0..255 (a plain convert would clip at 255).
         return image.convert("I").point(lambda value: value * (1 / 257)).convert("L")
-    if mode == "F":
-        return image.point(lambda value: value * 255).convert("L")
     if mode == "1":
         return image.convert("L")
     if mode in ("P", "PA") and ("transparency" in image.info or mode == "PA"):

@@ -28,9 +28,6 @@ class Settings:
     s3_endpoint_url: str | None = None
     # None: boto3's own region chain (AWS_REGION, AWS_DEFAULT_REGION, ~/.aws/config).
     s3_region: str | None = None
-    # None: boto3's own credential chain (instance roles, ~/.aws, ...).
-    s3_access_key_id: str | None = field(default=None, repr=False)
-    s3_secret_access_key: str | None = field(default=None, repr=False)
     model_sources: dict[ModelType, str] = field(
         default_factory=lambda: dict(DEFAULT_MODEL_SOURCES)
     )
@@ -88,7 +85,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Read ``ZQ_*`` variables (and ``AWS_*`` through boto3) into settings."""
+        """Read ``ZQ_*`` variables into settings; S3 credentials are boto3's own chain."""
         env = os.environ if env is None else env
         base = cls()
         sources = dict(base.model_sources)
@@ -102,8 +99,6 @@ class Settings:
             storage_url=env.get("ZQ_STORAGE_URL", base.storage_url),
             s3_endpoint_url=env.get("ZQ_S3_ENDPOINT_URL") or None,
             s3_region=env.get("ZQ_S3_REGION") or None,
-            s3_access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,
-            s3_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
             model_sources=sources,
             device=env.get("ZQ_DEVICE", base.device),
             dtype=_dtype(env.get("ZQ_DTYPE") or base.dtype),

@@ -158,7 +158,7 @@ class Batches:
             if value.startswith(("http://", "https://")):
                 return self.client.stage(_download(value, name), name)
             local = base / value  # relative paths are relative to the manifest
-            return self.client.stage(local if _is_file(local) else value, name)
+            return self.client.stage(local if _exists(local) else value, name)
         except InvalidJob:
             raise
         except Exception as exc:  # storage trouble, a decoder's surprise: name the field
@@ -224,9 +224,9 @@ def _stored(name: str, staged: StagedInput, client: Client) -> None:
         raise InvalidJob(name, f"cannot store it: {exc}") from exc
 
 
-def _is_file(path: Path) -> bool:
+def _exists(path: Path) -> bool:
     try:
-        return path.is_file()
+        return path.exists()
     except (OSError, ValueError):  # too long for a path, or a NUL in it
         return False
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,10 +91,17 @@ class Client:
         is published on resubmission. ``webhook`` is called once when the job ends; it
         must resolve to public addresses unless ``settings.webhook_allow`` allows it.
         """
+        return self._submit(spec, webhook, ())
+
+    def _submit(self, spec: JobSpec, webhook: str | None,
+                inputs: Iterable[StagedInput]) -> JobHandle:
+        """``submit``, storing the spec's staged input images once all else is checked."""
         if not isinstance(spec, JobSpec):
             raise InvalidJob("spec", "a JobSpec (build one with new_job)", type(spec).__name__)
         if webhook is not None:
             WebhookPolicy(self.settings.webhook_allow).vet(webhook)
+        for staged in inputs:
+            staged.put(self.store)
         try:
             outcome = self.jobs.submit(spec)
         except JobNotFound:  # the only id submit looks up is the parent's
@@ -118,19 +126,20 @@ class Client:
              mask: ImageInput | None = None, webhook: str | None = None,
              **options: Any) -> JobHandle:
         """Change a parent job's image or a source image; ``mask`` white = may change."""
-        spec = self._child_spec(JobKind.EDIT, prompt, parent, image, mask, options)
-        return self.submit(spec, webhook)
+        spec, inputs = self._child_spec(JobKind.EDIT, prompt, parent, image, mask, options)
+        return self._submit(spec, webhook, inputs)
 
     def refine(self, parent: str | None = None, prompt: str | None = None,
                image: ImageInput | None = None, webhook: str | None = None,
                **options: Any) -> JobHandle:
         """Redraw at high quality on the base model; the prompt defaults to the parent's."""
-        spec = self._child_spec(JobKind.REFINE, prompt, parent, image, None, options)
-        return self.submit(spec, webhook)
+        spec, inputs = self._child_spec(JobKind.REFINE, prompt, parent, image, None, options)
+        return self._submit(spec, webhook, inputs)
 
     def _child_spec(self, kind: JobKind, prompt: str | None, parent: str | None,
                     image: ImageInput | None, mask: ImageInput | None,
-                    options: dict[str, Any]) -> JobSpec:
+                    options: dict[str, Any]) -> tuple[JobSpec, list[StagedInput]]:
+        """The checked spec and its input images, staged but not stored yet."""
         if parent is not None:
             try:
                 parent_spec = self.jobs.get(parent).spec
@@ -146,12 +155,10 @@ class Client:
         source, mask_input = inputs.get("source_image"), inputs.get("mask")
         if source and mask_input and source.size and mask_input.size:
             check_mask_size(source.size, mask_input.size)
-        # The whole spec is checked before anything is stored: a refused job leaves no
-        # orphan object behind.
+        # Nothing is stored until the whole spec (and webhook) is checked: a refused job
+        # leaves no orphan object behind.
         spec = new_job(kind, prompt=prompt or "", parent_id=parent, **options)
-        for staged in inputs.values():
-            staged.put(self.store)
-        return spec
+        return spec, list(inputs.values())
 
     def upload(self, image: ImageInput, field: str = "source_image") -> str:
         """Store a local image under a content-addressed key and return the key.

@@ -36,7 +36,14 @@ def rgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RgwServer]:
     """Ceph RGW: a real S3 server over HTTP that checks signatures."""
     require(rgw_available(), "Ceph RGW (scripts/install-system-deps)")
     server = start_rgw(tmp_path_factory.mktemp("rgw"))
-    yield server
+    # boto3 reads credentials from the environment itself (Settings never carries them),
+    # so in-process clients find the RGW keys where a deployment puts them.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AWS_ACCESS_KEY_ID", server.access_key)
+        patch.setenv("AWS_SECRET_ACCESS_KEY", server.secret_key)
+        for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE"):
+            patch.delenv(name, raising=False)
+        yield server
     server.stop()
 
 

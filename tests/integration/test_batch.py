@@ -218,3 +218,139 @@ def test_single_job_webhook_is_delivered_once(cluster: Cluster, client: Client) 
         dispatcher.terminate()
         dispatcher.wait(30)
         receiver.stop()
+
+
+SHOP_HEADER = ["Handle", "Title", "Body (HTML)", "Vendor", "Image Src", "Width", "Seed",
+               "Strength", "Tags"]
+
+
+def write_shop_export(folder: Path) -> tuple[Path, dict[str, str]]:
+    """A Shopify-like ';' export with Excel's BOM, CRLF, blank lines, and hostile rows.
+
+    Returns the manifest and, per bad SKU, the field its row error must name.
+    """
+    for i, colour in enumerate(("red", "green", "blue")):
+        Image.new("RGB", (32, 32), colour).save(folder / f"good{i}.png")
+    # 144 million pixels, a few KB on disk: a decompression bomb.
+    Image.new("1", (12000, 12000)).save(folder / "bomb.png")
+    (folder / "broken.png").write_text("not an image")
+    (folder / "a-folder").mkdir()
+    rows = [
+        ["GOOD-0", "Shoe", "<p>Nice</p>", "ACME", "good0.png", "32.0", "1", "0,6", "x"],
+        ["BOMB", "Bomb", "", "ACME", "bomb.png", "32", "2", "", ""],
+        [],
+        ["BROKEN", "Broken", "", "ACME", "broken.png", "32", "3", "", ""],
+        ["MISSING", "Missing", "", "ACME", "nowhere.png", "32", "4", "", ""],
+        ["GOOD-1", "Shoe", "", "ACME", "good1.png", "", "5", "", ""],
+        ["LONG", "Long", "", "ACME", "x" * 400 + ".png", "32", "6", "", ""],
+        ["FOLDER", "Folder", "", "ACME", "a-folder", "32", "7", "", ""],
+        ["BADURL", "Url", "", "ACME", "http://[oops/x.png", "32", "8", "", ""],
+        ["SIZE", "Size", "", "ACME", "good2.png", "100", "9", "", ""],
+        ["HALF", "Half", "", "ACME", "good2.png", "30.5", "10", "", ""],
+        ["SEED", "Seed", "", "ACME", "good2.png", "32", "many", "", ""],
+        ["STRENGTH", "Strength", "", "ACME", "good2.png", "32", "11", "7", ""],
+        ["", "No sku", "", "ACME", "good2.png", "32", "12", "", ""],
+        ["EXTRA", "Extra", "", "ACME", "good2.png", "32", "13", "", "", "surplus"],
+        [";;;;;;;;"],
+        ["GOOD-2", "Shoe", "", "ACME", "good2.png", "32", "14", "", ""],
+    ]
+    lines = [";".join(SHOP_HEADER)] + [";".join(row) for row in rows]
+    manifest = folder / "shopify_export.csv"
+    manifest.write_bytes(("\ufeff" + "\r\n".join(lines) + "\r\n").encode("utf-8"))
+    fields = {"BOMB": "image", "BROKEN": "image", "MISSING": "image", "LONG": "image",
+              "FOLDER": "image", "BADURL": "image", "SIZE": "width", "HALF": "width",
+              "SEED": "seed", "STRENGTH": "strength", "": "sku", "EXTRA": "row"}
+    return manifest, fields
+
+
+def test_shop_export_with_hostile_rows_seals_and_reruns_idempotently(
+        cluster: Cluster, client: Client, tmp_path: Path) -> None:
+    manifest, fields = write_shop_export(tmp_path)
+    args = [str(manifest), "--columns", "sku=Handle,image=Image Src", "--prompt",
+            "on a white marble background", "--width", "32", "--height", "32", "--steps", "2",
+            "--no-wait"]
+    first = zq_batch(cluster, *args)
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert "Traceback" not in err
+    batch_id = out.strip()
+    assert f"batch {batch_id}: 3 jobs, 12 rows refused" in err, err
+    assert "note: ignoring 4 columns" in err and "'Vendor'" in err and "'Handle'" not in err
+
+    batches = Batches(client)
+    store = redis.Redis.from_url(cluster.redis_url, decode_responses=True)
+    assert store.hget(f"{cluster.prefix}:batch:{batch_id}", "sealed") == "1"
+    refused = {r.sku: r for r in batches.results_light(batch_id) if r.status == "invalid"}
+    assert len(refused) == 12
+    for sku, field in fields.items():
+        error = refused[sku].error or ""
+        assert error.startswith(f"{field}: "), (sku, error)
+        assert f"line {refused[sku].line}: {sku or '-'}: {error}" in err
+    assert "pixels" in (refused["BOMB"].error or "")
+    assert "whole number" in (refused["HALF"].error or "")
+
+    cluster.start(ModelType.EDIT)
+    deadline = time.monotonic() + 300
+    while batches.store.finished_at(batch_id) is None:
+        assert time.monotonic() < deadline, batches.counts(batch_id)
+        time.sleep(0.2)
+    results = batches.results_light(batch_id)
+    done = {r.sku: r for r in results if r.status == JobStatus.SUCCEEDED.value}
+    assert sorted(done) == ["GOOD-0", "GOOD-1", "GOOD-2"]
+    good0 = client.status(done["GOOD-0"].job_id or "")
+    assert (good0.spec.width, good0.spec.strength) == (32, 0.6)  # "32.0" and "0,6"
+    assert good0.spec.tags == {"sku": "GOOD-0"}
+
+    # The same command again: the same batch, nothing submitted or run twice.
+    jobs_before = sorted(store.keys(f"{cluster.prefix}:job:*"))
+    again = zq_batch(cluster, *args)
+    out2, err2 = again.communicate(timeout=300)
+    assert again.returncode == 0 and out2.strip() == batch_id, err2
+    assert f"batch {batch_id}: 3 jobs, 12 rows refused" in err2
+    assert sorted(store.keys(f"{cluster.prefix}:job:*")) == jobs_before
+    assert batches.results_light(batch_id) == results
+    assert all(client.status(r.job_id).deliveries == 1 for r in done.values() if r.job_id)
+
+
+def test_redis_going_away_stops_the_batch_and_a_rerun_seals_it(tmp_path: Path) -> None:
+    from tests.conftest import require
+    from zq.embedded_redis import redis_executable, start_redis
+
+    require(redis_executable() is not None, "redis-server")
+    server = start_redis(tmp_path / "redis", appendonly=True)
+    env = {**os.environ, "ZQ_REDIS_URL": server.url, "ZQ_KEY_PREFIX": "zqgone",
+           "ZQ_STORAGE_URL": f"file://{tmp_path / 'store'}"}
+    Image.new("RGB", (32, 32), "white").save(tmp_path / "shoe.png")
+    manifest = tmp_path / "many.csv"
+    manifest.write_text("sku,image,seed\n" + "".join(
+        f"S{i},shoe.png,{i}\n" for i in range(1500)))
+    command = [sys.executable, "-m", "zq", "batch", str(manifest), "--prompt", "marble",
+               "--width", "32", "--height", "32", "--no-wait"]
+    try:
+        first = subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE)
+        store = redis.Redis.from_url(server.url, decode_responses=True)
+        deadline = time.monotonic() + 120
+        while not any(store.hlen(k) >= 30 for k in store.keys("zqgone:batch:*:rows")):
+            assert time.monotonic() < deadline and first.poll() is None, first.communicate()
+            time.sleep(0.005)
+        server.stop()  # a clean shutdown keeps what was written (append-only file)
+        _, err = first.communicate(timeout=120)
+        assert first.returncode == 3, err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert "Redis unreachable after" in err and "run the same command again" in err
+
+        server = start_redis(tmp_path / "redis", appendonly=True, port=server.port)
+        store = redis.Redis.from_url(server.url, decode_responses=True)
+        [rows_key] = store.keys("zqgone:batch:*:rows")
+        partial = store.hlen(rows_key)
+        assert 30 <= partial < 1500
+        assert store.hget(rows_key.removesuffix(":rows"), "sealed") is None
+        second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 0, second.stderr
+        assert "1500 jobs, 0 rows refused" in second.stderr
+        assert store.hlen(rows_key) == 1500
+        assert store.hget(rows_key.removesuffix(":rows"), "sealed") == "1"
+        assert len(store.keys("zqgone:job:*")) == 1500
+    finally:
+        server.stop()

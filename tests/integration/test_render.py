@@ -102,3 +102,11 @@ def test_edit_without_size_takes_the_input_size_rounded_to_the_rule(renderer: Re
     source = Image.new("RGB", (70, 50), "red")
     result = renderer.render(job, RenderInputs(image=source), never)
     assert result.image.size == (64, 48)
+
+
+def test_edit_without_size_from_an_oversize_input_fits_the_limits(renderer: Renderer) -> None:
+    job = new_job(JobKind.EDIT, prompt="x", source_image="uploads/s.png", steps=2)
+    # Only the size matters here; mode "1" keeps the 24-megapixel stand-in at 3 MB.
+    for size, expected in (((6000, 4000), (2496, 1664)), ((1000, 9000), (448, 4096))):
+        inputs = RenderInputs(image=Image.new("1", size))
+        assert renderer.output_size(job, inputs) == expected
