@@ -85,6 +85,10 @@ class BatchStore:
         """Whether a batch with that id was ever created."""
         return bool(self.redis.exists(self._key(batch_id)))
 
+    def sealed(self, batch_id: str) -> bool:
+        """Whether every row of the batch was added (a run cut short is not sealed)."""
+        return self.redis.hget(self._key(batch_id), "sealed") == "1"
+
     def meta(self, batch_id: str) -> dict[str, Any]:
         """What the batch was created with (source, defaults, webhook...)."""
         raw = self.redis.hget(self._key(batch_id), "meta")

@@ -67,6 +67,14 @@ class ObjectNotFound(StorageError, LookupError):
     """A storage key that should exist does not."""
 
 
+class ObjectTooLarge(ZqError):
+    """A stored object is larger than the caller accepts; its body was not read."""
+
+    def __init__(self, key: str, size: int, limit: int) -> None:
+        self.key, self.size, self.limit = key, size, limit
+        super().__init__(f"{key!r} is {size} bytes, over the limit of {limit}")
+
+
 class JobFailed(ZqError):
     """A job ended without an image; the message is the recorded reason.
 

@@ -95,7 +95,7 @@ class Settings:
                 sources[model] = value
         return replace(
             base,
-            redis_url=env.get("ZQ_REDIS_URL", base.redis_url),
+            redis_url=_redis_url(env.get("ZQ_REDIS_URL") or base.redis_url),
             storage_url=env.get("ZQ_STORAGE_URL", base.storage_url),
             s3_endpoint_url=env.get("ZQ_S3_ENDPOINT_URL") or None,
             s3_region=env.get("ZQ_S3_REGION") or None,
@@ -122,7 +122,9 @@ class Settings:
                                     maximum=9),
             metrics_addr=env.get("ZQ_METRICS_ADDR", "").strip() or base.metrics_addr,
             exporter_addr=env.get("ZQ_EXPORTER_ADDR", "").strip() or base.exporter_addr,
-            max_input_pixels=_int(env, "ZQ_MAX_INPUT_PIXELS", base.max_input_pixels, 4096),
+            # Pillow refuses more than this itself (its decompression-bomb limit).
+            max_input_pixels=_int(env, "ZQ_MAX_INPUT_PIXELS", base.max_input_pixels, 4096,
+                                  maximum=89_478_485),
             max_input_bytes=_int(env, "ZQ_MAX_INPUT_BYTES", base.max_input_bytes, 1024),
             oversize_input=_choice(env, "ZQ_OVERSIZE_INPUT", base.oversize_input,
                                    ("resize", "refuse")),
@@ -231,3 +233,10 @@ def _colour(env: Mapping[str, str], name: str,
     if match is None:
         raise ConfigError(f"{name} must be white, black or a colour like #f0f0f0; got {raw!r}")
     return (int(match[1], 16), int(match[2], 16), int(match[3], 16))
+
+
+def _redis_url(raw: str) -> str:
+    if not raw.strip().lower().startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"ZQ_REDIS_URL must start with redis://, rediss:// or unix://; "
+                          f"got {raw[:60]!r}")
+    return raw.strip()

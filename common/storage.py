@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
-from common.errors import ConfigError, ObjectNotFound, StorageError
+from common.errors import ConfigError, ObjectNotFound, ObjectTooLarge, StorageError
 from common.settings import Settings
 
 
@@ -24,8 +24,12 @@ class ObjectStore(Protocol):
     def put(self, key: str, data: bytes, content_type: str) -> None:
         """Store ``data`` under ``key``, replacing what was there."""
 
-    def get(self, key: str) -> bytes:
-        """Return the object's bytes; raise ``ObjectNotFound`` if there is none."""
+    def get(self, key: str, max_bytes: int | None = None) -> bytes:
+        """Return the object's bytes; raise ``ObjectNotFound`` if there is none.
+
+        With ``max_bytes``, a larger object is ``ObjectTooLarge``, refused before its
+        body is read.
+        """
 
     def exists(self, key: str) -> bool:
         """Whether an object is stored under ``key``."""
@@ -62,10 +66,13 @@ class LocalStore:
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def get(self, key: str) -> bytes:
-        """Read the file behind ``key``."""
+    def get(self, key: str, max_bytes: int | None = None) -> bytes:
+        """Read the file behind ``key`` (size checked first)."""
         try:
-            return self._path(key).read_bytes()
+            path = self._path(key)
+            if max_bytes is not None:
+                _check_size(key, path.stat().st_size, max_bytes)
+            return path.read_bytes()
         except (FileNotFoundError, IsADirectoryError):
             raise ObjectNotFound(f"no object at {key!r} in {self.describe()}") from None
         except OSError as exc:
@@ -111,12 +118,25 @@ class S3Store:
         except Exception as exc:  # botocore raises many unrelated types
             raise StorageError(f"cannot write {key!r} to {self.describe()}: {exc}") from exc
 
-    def get(self, key: str) -> bytes:
-        """GET the object; a missing key is ``ObjectNotFound``."""
+    def get(self, key: str, max_bytes: int | None = None) -> bytes:
+        """GET the object; a missing key is ``ObjectNotFound``.
+
+        With ``max_bytes``, the response's length is checked before the body is read.
+        """
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
-            body: bytes = response["Body"].read()
+            if max_bytes is not None:
+                length = int(response.get("ContentLength") or 0)
+                if length > max_bytes:
+                    response["Body"].close()
+                    _check_size(key, length, max_bytes)
+                body: bytes = response["Body"].read(max_bytes + 1)
+                _check_size(key, len(body), max_bytes)
+                return body
+            body = response["Body"].read()
             return body
+        except ObjectTooLarge:
+            raise
         except Exception as exc:
             if _is_missing(exc):
                 raise ObjectNotFound(f"no object at {key!r} in {self.describe()}") from None
@@ -152,6 +172,11 @@ class S3Store:
         """``s3://bucket/prefix`` at the endpoint."""
         endpoint = self.client.meta.endpoint_url
         return f"s3://{self.bucket}/{self.prefix} at {endpoint}"
+
+
+def _check_size(key: str, size: int, max_bytes: int) -> None:
+    if size > max_bytes:
+        raise ObjectTooLarge(key, size, max_bytes)
 
 
 def _region(settings: Settings) -> str | None:

@@ -50,6 +50,8 @@ def _run(client: Client, args: argparse.Namespace) -> int:
     submission = run_campaign(client, campaign, period)
     print(f"campaign {campaign.name} period {period}: {submission.jobs} variants "
           f"(batch {submission.batch_id})", file=sys.stderr)
+    for error in submission.errors:
+        print(f"variant {error.line} ({error.sku}): {error.reason}", file=sys.stderr)
     if args.wait:
         from producer.batch import Batches
 
@@ -71,7 +73,8 @@ def beat_once(client: Client, folder: Path) -> list[str]:
             campaign = load_campaign(path)
             period = current_period(campaign)
             batch_id = run_batch_id(campaign, period)
-            if not client.jobs.batches.exists(batch_id):
+            # Not sealed: a run cut short (Redis went away); running it again finishes it.
+            if not client.jobs.batches.sealed(batch_id):
                 run_campaign(client, campaign, period)
                 log.info("campaign %s: started period %s", campaign.name, period)
                 started.append(batch_id)

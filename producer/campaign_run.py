@@ -16,12 +16,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from common.batches import BatchRow
+from common.errors import InvalidJob
 from common.job import new_job
 from common.webhook_policy import WebhookPolicy
-from producer.batch import Batches, Submission
+from producer.batch import UNREACHABLE, Batches, Submission
 from producer.campaign import Campaign, expand, job_fields
 from producer.client import Client
 from producer.cron import CronSchedule, parse_period_id, period_id
+from producer.manifest import RowError
 
 
 def current_period(campaign: Campaign, now: datetime | None = None) -> str:
@@ -50,8 +52,10 @@ def summary_key(campaign: Campaign, period: str) -> str:
 def run_campaign(client: Client, campaign: Campaign, period: str) -> Submission:
     """Enqueue every variant of ``period`` that is not already done or queued.
 
+    A variant that cannot become a job (a missing or hostile image, a field out of
+    range) is a row error and the others still go in; the run's batch is always sealed.
     Editing a campaign file during a period changes its variants' specs but not their
-    ids: re-running that period is then refused with ``JobConflict``.
+    ids: re-running that period then makes those variants row errors (``JobConflict``).
     """
     if campaign.webhook:  # parsing checked its form; where it leads is checked now
         WebhookPolicy(client.settings.webhook_allow).vet(campaign.webhook)
@@ -59,17 +63,31 @@ def run_campaign(client: Client, campaign: Campaign, period: str) -> Submission:
     batch_id = run_batch_id(campaign, period)
     batches.store.create(batch_id, {"campaign": campaign.name, "period": period,
                                     "webhook": campaign.webhook, "webhook_kind": "campaign_run"})
-    jobs = 0
+    jobs, errors = 0, []
     for line, variant in enumerate(expand(campaign, period), start=1):
-        # A local image is an absolute path by now; anything else is a storage key.
-        source = client.upload(variant.image, "image") if variant.image else None
-        spec = new_job(variant.kind, **job_fields(campaign, variant, source))
-        client.submit(spec)
+        try:
+            # A local image is an absolute path by now; anything else is a storage key.
+            source = client.stage(variant.image, "image") if variant.image else None
+            key = source.key if source is not None else None
+            spec = new_job(variant.kind, **job_fields(campaign, variant, key))
+            if source is not None:  # stored only once the variant's spec is valid
+                source.put(client.store)
+            client.submit(spec)
+        except UNREACHABLE:
+            raise
+        except Exception as exc:  # one bad variant is its row's error, never the run's
+            field = exc.field if isinstance(exc, InvalidJob) else "row"
+            error = RowError(line, variant.variant_key, str(exc) if isinstance(exc, InvalidJob)
+                             else f"row: {type(exc).__name__}: {exc}", field)
+            errors.append(error)
+            batches.store.add_row(batch_id, BatchRow(line, variant.variant_key, None,
+                                                     error.reason))
+            continue
         batches.store.add_row(batch_id, BatchRow(line, variant.variant_key, spec.job_id))
         jobs += 1
     if batches.store.seal(batch_id):
         client.jobs.batch_finished(batch_id)
-    return Submission(batch_id, jobs)
+    return Submission(batch_id, jobs, errors)
 
 
 def write_summary(client: Client, campaign: Campaign, period: str) -> str | None:

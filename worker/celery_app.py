@@ -21,6 +21,7 @@ from common.errors import ConfigError, WorkerBroken
 from common.job import JobKind, ModelType
 from common.queueing import TASK_NAMES, make_celery, model_for_queue
 from common.settings import Settings
+from common.webhooks import redact_url
 from worker.execute import JobRunner
 from worker.intake import Intake
 from worker.liveness import Liveness, WorkerRegistry
@@ -29,6 +30,7 @@ from worker.transport import worker_transport_config
 
 log = logging.getLogger("zq.worker")
 EXIT_CANNOT_START = 78  # EX_CONFIG
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: Redis could not be reached at start-up
 EXIT_MODEL_CHANGED = 70  # EX_SOFTWARE: the loaded weights changed; a fresh process reloads them
 
 # Celery's `-A` needs a module-level app; settings are read once, here, for it.
@@ -91,6 +93,9 @@ def _boot(sender: str, instance: Any, **_: Any) -> None:
     except ConfigError as exc:
         log.critical("worker cannot start: %s", exc)
         os._exit(EXIT_CANNOT_START)
+    except redis.RedisError as exc:
+        log.critical("worker cannot start: Redis at %s: %s", redact_url(settings.redis_url), exc)
+        os._exit(EXIT_UNAVAILABLE)
     except Exception:
         # Celery logs and swallows errors raised by signal handlers; a worker that
         # cannot load its model must not go on to consume (and drop) messages.

@@ -30,6 +30,7 @@ from common.errors import (
     JobRejected,
     JobTimedOut,
     ObjectNotFound,
+    ObjectTooLarge,
     ParentFailed,
     PoisonJob,
     StorageError,
@@ -298,9 +299,12 @@ class JobRunner:
         """An input through the one image door (bounded, normalised): ``input_invalid``
         for anything the door refuses."""
         try:
-            data = self.store.get(key)
+            data = self.store.get(key, max_bytes=self.settings.max_input_bytes)
         except ObjectNotFound:
             raise InputImageError(f"{name} {key!r} is missing from storage") from None
+        except ObjectTooLarge as exc:
+            raise InputImageError(f"{name} {key!r}: at most {exc.limit} bytes "
+                                  f"(ZQ_MAX_INPUT_BYTES; got {exc.size})") from None
         try:
             return load_input(data, name, InputLimits.from_settings(self.settings),
                               mask=name == "mask")

@@ -13,6 +13,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from common.deadletters import DeadLetterStore
+from common.errors import ConfigError
 from common.queueload import read_loads
 from common.settings import Settings
 
@@ -63,9 +64,20 @@ class QueueLoadCollector(Collector):
 def add_command(commands: Any) -> None:
     """Register ``zq exporter``."""
     exporter = commands.add_parser("exporter", help="serve per-model queue load for Prometheus")
-    exporter.add_argument("--port", type=int, help="default ZQ_EXPORTER_PORT or 9401")
+    exporter.add_argument("--port", type=port_number, help="default ZQ_EXPORTER_PORT or 9401")
     exporter.add_argument("--address", help="default ZQ_EXPORTER_ADDR or 127.0.0.1")
     exporter.set_defaults(handler=run_exporter)
+
+
+def port_number(raw: str) -> int:
+    """An argparse type: a TCP port, 1 to 65535."""
+    try:
+        port = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port number, got {raw!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 1 to 65535, got {port}")
+    return port
 
 
 def run_exporter(args: argparse.Namespace) -> int:
@@ -76,7 +88,11 @@ def run_exporter(args: argparse.Namespace) -> int:
     registry.register(QueueLoadCollector(client, settings.key_prefix))
     port = args.port or settings.exporter_port
     address = args.address or settings.exporter_addr
-    start_http_server(port, addr=address, registry=registry)
+    try:
+        start_http_server(port, addr=address, registry=registry)
+    except OSError as exc:  # taken, or an address this host does not have
+        raise ConfigError(f"ZQ_EXPORTER_PORT/ZQ_EXPORTER_ADDR: cannot listen on "
+                          f"{address}:{port}: {exc.strerror or exc}") from None
     print(f"zq exporter serving queue load on {address}:{port}/metrics", flush=True)
     while True:
         time.sleep(3600)

@@ -98,3 +98,38 @@ def test_beat_runs_the_current_period_and_summarises_it(cluster: Cluster, client
     summary = json.loads(client.store.get(summary_key(campaign, period)))
     assert summary["counts"] == {"succeeded": 12}
     assert summary["period"] == period
+
+
+def test_a_bad_product_image_is_a_row_error_and_the_run_still_seals(
+        cluster: Cluster, client: Client, tmp_path: Path) -> None:
+    Image.new("RGB", (32, 32), "white").save(tmp_path / "good.png")
+    # A 12000x12000 bomb: small on disk, 144 megapixels once decoded.
+    Image.new("L", (12000, 12000)).save(tmp_path / "bomb.png", optimize=True)
+    path = tmp_path / "bad.yaml"
+    path.write_text("""
+name: bad-rows
+schedule: "0 9 * * mon"
+defaults: {steps: 2}
+products:
+  - {sku: OK, image: good.png, prompt: the bottle}
+  - {sku: BOMB, image: bomb.png, prompt: the bottle}
+  - {sku: GONE, image: uploads/never-stored.png, prompt: the bottle}
+axes:
+  sizes: ["32x32"]
+""")
+    campaign = load_campaign(path)
+    batch_id = run_batch_id(campaign, PERIOD)
+    ran = zq(cluster, "campaign", "run", str(path), "--period", PERIOD)
+    assert ran.returncode == 0, ran.stderr
+    rows = client.jobs.batches.rows(batch_id)
+    assert [(row.sku, row.job_id is not None) for row in rows] == [
+        ("sku=OK/size=32x32", True), ("sku=BOMB/size=32x32", False),
+        ("sku=GONE/size=32x32", False)]
+    assert "pixels" in (rows[1].error or "") and "image" in (rows[2].error or "")
+    assert client.jobs.batches.finished_at(batch_id) is None  # sealed, its one job pending
+    cluster.start(ModelType.EDIT)
+    deadline = time.monotonic() + 120
+    while client.jobs.batches.finished_at(batch_id) is None:
+        assert time.monotonic() < deadline, "the run never finished: it was not sealed"
+        time.sleep(0.2)
+    assert not images_under(client, "uploads/")  # the refused bomb was never stored

@@ -9,7 +9,7 @@ from urllib.request import url2pathname
 
 import pytest
 
-from common.errors import ConfigError, ObjectNotFound, StorageError
+from common.errors import ConfigError, ObjectNotFound, ObjectTooLarge, StorageError
 from common.settings import Settings
 from common.storage import LocalStore, S3Store, open_store, s3_client
 
@@ -217,3 +217,17 @@ def test_s3_custom_endpoint_uses_path_style_and_sigv4(s3_settings: Settings) -> 
     assert parsed.netloc == "rgw.invalid:7480"
     assert parsed.path == "/zq-test/k.png"
     assert "X-Amz-Signature" in parse_qs(parsed.query)
+
+
+def test_a_get_with_a_byte_limit_refuses_larger_objects_unread(
+        tmp_path: Path, s3_settings: Settings) -> None:
+    s3 = S3Store(s3_client(s3_settings), "zq-test")
+    s3.ensure_bucket()
+    for store in (LocalStore(tmp_path), s3):
+        store.put("big.png", b"x" * 1000, "image/png")
+        assert store.get("big.png", max_bytes=1000) == b"x" * 1000
+        with pytest.raises(ObjectTooLarge) as refused:
+            store.get("big.png", max_bytes=999)
+        assert (refused.value.size, refused.value.limit) == (1000, 999)
+        with pytest.raises(ObjectNotFound):
+            store.get("absent.png", max_bytes=10)
