@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
 
 import boto3
 import pytest
 from botocore.config import Config
 
+from common.audit import audit_log
 from common.layout import job_prefix
 from common.settings import Settings
 from common.status import JobRecord
@@ -17,6 +22,7 @@ from producer.client import Client
 from tests.conftest import require
 from tests.integration.cluster import Cluster
 from tests.services.ceph_rgw import RgwServer, rgw_available, start_rgw
+from tests.services.stall_proxy import StallProxy
 from zq.embedded_redis import RedisServer, redis_executable, start_redis
 
 pytestmark = pytest.mark.integration
@@ -131,3 +137,29 @@ def cluster(redis_server: RedisServer, rgw: RgwServer, tiny_models: dict[str, Pa
 def client(cluster: Cluster) -> Client:
     """A producer client for the test's cluster."""
     return client_for(cluster)
+
+
+@pytest.fixture
+def audit_lines() -> Iterator[list[dict[str, Any]]]:
+    """Audit records logged during the test, parsed."""
+    lines: list[dict[str, Any]] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(json.loads(record.getMessage()))
+
+    handler, level = Collect(), audit_log.level
+    audit_log.addHandler(handler)
+    audit_log.setLevel(logging.INFO)
+    yield lines
+    audit_log.removeHandler(handler)
+    audit_log.setLevel(level)
+
+
+@pytest.fixture
+def proxy(cluster: Cluster) -> Iterator[StallProxy]:
+    """A proxy in front of the cluster's S3 endpoint that can stall or go down."""
+    endpoint = urlparse(cluster.env["ZQ_S3_ENDPOINT_URL"])
+    server = StallProxy((endpoint.hostname or "127.0.0.1", endpoint.port or 80)).start()
+    yield server
+    server.close()

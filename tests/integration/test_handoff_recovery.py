@@ -9,8 +9,6 @@ from __future__ import annotations
 import io
 import signal
 import time
-from collections.abc import Iterator
-from urllib.parse import urlparse
 
 import pytest
 from PIL import Image
@@ -24,14 +22,6 @@ from tests.services.stall_proxy import StallProxy
 
 pytestmark = pytest.mark.integration
 QUICK = {"width": 64, "height": 64, "steps": 2}
-
-
-@pytest.fixture
-def proxy(cluster: Cluster) -> Iterator[StallProxy]:
-    endpoint = urlparse(cluster.env["ZQ_S3_ENDPOINT_URL"])
-    server = StallProxy((endpoint.hostname or "127.0.0.1", endpoint.port or 80)).start()
-    yield server
-    server.close()
 
 
 def wait_in_handoff(cluster: Cluster, worker: WorkerProcess, handle: JobHandle,

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
-from urllib.parse import urlparse
 
 import pytest
 
@@ -22,14 +20,6 @@ from tests.services.stall_proxy import StallProxy
 pytestmark = pytest.mark.integration
 QUICK = {"width": 64, "height": 64, "steps": 2}
 OUTAGE_S = 30.0
-
-
-@pytest.fixture
-def proxy(cluster: Cluster) -> Iterator[StallProxy]:
-    endpoint = urlparse(cluster.env["ZQ_S3_ENDPOINT_URL"])
-    server = StallProxy((endpoint.hostname or "127.0.0.1", endpoint.port or 80)).start()
-    yield server
-    server.close()
 
 
 def test_a_30s_storage_outage_parks_no_job_as_poison_and_all_succeed_after(

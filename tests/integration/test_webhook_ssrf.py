@@ -8,8 +8,6 @@ arrived" means "nothing was sent", not "it could not have arrived").
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import subprocess
 import sys
@@ -21,7 +19,6 @@ from typing import Any
 import pytest
 import redis
 
-from common.audit import audit_log
 from common.settings import Settings
 from common.status import JobStatus
 from common.webhook_policy import WebhookPolicy, WebhookRefused
@@ -83,23 +80,6 @@ def receiver() -> Iterator[Receiver]:
     started = Receiver()
     yield started
     started.stop()
-
-
-@pytest.fixture
-def audit_lines() -> Iterator[list[dict[str, Any]]]:
-    """Audit records logged during the test, parsed."""
-    lines: list[dict[str, Any]] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(json.loads(record.getMessage()))
-
-    handler, level = Collect(), audit_log.level
-    audit_log.addHandler(handler)
-    audit_log.setLevel(logging.INFO)
-    yield lines
-    audit_log.removeHandler(handler)
-    audit_log.setLevel(level)
 
 
 def dispatcher(outbox: WebhookOutbox, policy: WebhookPolicy, **options: Any) -> Dispatcher:

@@ -26,7 +26,6 @@ from typing import Any
 import pytest
 import redis
 
-from common.audit import audit_log
 from common.errors import InvalidJob
 from common.job import JobKind, new_job
 from common.jobstore import JobStore
@@ -163,23 +162,6 @@ def connect(redis_server: RedisServer) -> Iterator[Callable[..., redis.Redis]]:
 def outbox(connect: Callable[..., redis.Redis], prefix: str) -> WebhookOutbox:
     """An outbox under the test's prefix."""
     return WebhookOutbox(connect(), prefix)
-
-
-@pytest.fixture
-def audit_lines() -> Iterator[list[dict[str, Any]]]:
-    """Audit records logged during the test, parsed."""
-    lines: list[dict[str, Any]] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(json.loads(record.getMessage()))
-
-    handler, level = Collect(), audit_log.level
-    audit_log.addHandler(handler)
-    audit_log.setLevel(logging.INFO)
-    yield lines
-    audit_log.removeHandler(handler)
-    audit_log.setLevel(level)
 
 
 def manifest_body(delivery: Delivery) -> dict[str, Any]:
