@@ -16,6 +16,7 @@ from common.job import JobKind, ModelType, new_job
 from common.status import JobStatus
 from producer.client import Client
 from tests.integration.cluster import Cluster
+from zq.processes import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -93,3 +94,13 @@ def test_worker_that_cannot_load_its_model_exits_before_consuming(cluster: Clust
     assert job.status().status is JobStatus.QUEUED
     cluster.start(ModelType.TURBO)
     assert job.wait(60).status is JobStatus.SUCCEEDED
+
+
+def test_worker_that_cannot_reach_redis_exits_69_in_one_line(cluster: Cluster) -> None:
+    nobody = free_port()
+    worker = cluster.start(ModelType.TURBO, wait=False,
+                           extra_env={"ZQ_REDIS_URL": f"redis://:hunter2@127.0.0.1:{nobody}/0"})
+    assert worker.proc.wait(180) == 69
+    log = worker.log_text()
+    assert f"worker cannot start: Redis at redis://127.0.0.1:{nobody}" in log
+    assert "Traceback" not in log and "hunter2" not in log
