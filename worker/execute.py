@@ -234,7 +234,7 @@ class JobRunner:
                 try:
                     image = self._store(rendered)
                     break
-                except StorageError as exc:
+                except (StorageError, redis.RedisError) as exc:
                     if delay is None:
                         self._retry_later(record, exc)
                         return
@@ -243,6 +243,10 @@ class JobRunner:
                     time.sleep(delay)
             self.hooks.finished(JobOutcome(record, JobStatus.SUCCEEDED, rendered.timings, None,
                                            rendered.result.steps_run, image))
+        except redis.RedisError as exc:
+            # Redis is still away: nothing can be recorded now. The job's lease runs out
+            # and the recovery loop requeues it once Redis is back.
+            log.error("job %s: Redis unreachable, left to lease recovery: %s", spec.job_id, exc)
         except Exception as exc:
             error, status = _as_failure(exc, spec)
             self._fail(spec, error, status)

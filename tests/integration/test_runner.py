@@ -231,3 +231,25 @@ def test_a_recovered_job_goes_to_the_front_of_its_queue(settings: Settings,
     assert [message["headers"]["kwargsrepr"] for message in front] == [
         repr({"job_id": lost.job_id})]
     assert queued_messages(jobs) == 2  # the job that was waiting is still queued, behind it
+
+
+def test_a_redis_blip_while_finishing_is_retried_not_a_job_failure(
+        settings: Settings, jobs: JobStore, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    finish, calls = jobs.finish, []
+
+    def flaky_finish(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        if len(calls) == 1:
+            raise redis.ConnectionError("Redis is restarting")
+        return finish(*args, **kwargs)
+
+    monkeypatch.setattr(jobs, "finish", flaky_finish)
+    runner = make_runner(settings, jobs, LocalStore(tmp_path), FakeRenderer())
+    (spec,) = submitted(jobs)
+    runner.run(spec.job_id)
+    assert runner.close(timeout_s=30)
+    record = jobs.get(spec.job_id)
+    assert (record.status, record.error_code, record.deliveries) == (
+        JobStatus.SUCCEEDED, None, 1)
+    assert len(calls) == 2
