@@ -26,8 +26,9 @@ BAD_ARGS = "bad_args"  # not exactly one job id argument
 BAD_JOB_ID = "bad_job_id"  # an argument that is not a valid job id
 UNKNOWN_JOB = "unknown_job"  # a valid job id with no job record
 REJECTED = "rejected"  # Celery itself refused it (a bad ETA, ...)
+WRONG_QUEUE = "wrong_queue"  # a job of another model type (sent on to its own queue)
 REASONS = (ENVELOPE, CONTENT_TYPE, BODY, UNKNOWN_TASK, BAD_ARGS, BAD_JOB_ID, UNKNOWN_JOB,
-           REJECTED)
+           REJECTED, WRONG_QUEUE)
 
 # Bodies are kept up to this size; the original size is recorded.
 MAX_BODY_BYTES = 64 * 1024

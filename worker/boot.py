@@ -13,7 +13,7 @@ from common.deadletters import DeadLetterStore
 from common.errors import ConfigError, WorkerBroken
 from common.job import JobKind, ModelType, new_job
 from common.jobstore import JobStore
-from common.queueing import TASK_NAMES
+from common.queueing import TASK_NAMES, publish
 from common.settings import Settings
 from common.storage import open_store
 from worker.acceleration import ModelOptions
@@ -84,7 +84,8 @@ def start_runtime(settings: Settings, model: ModelType, worker_id: str,
     registry = WorkerRegistry(jobs, worker_id, model, ttl_s=settings.lease_ttl_s * 2)
     registry.update(metrics_addr=address, metrics_port=port)
     letters = DeadLetterStore(jobs.redis, settings.key_prefix, settings.dead_letter_max)
-    intake = Intake(jobs, letters, worker_id, TASK_NAMES.values(), metrics.dead_lettered)
+    intake = Intake(jobs, letters, worker_id, TASK_NAMES.values(), metrics.dead_lettered,
+                    model, lambda spec: publish(app, spec))
     current = CurrentJob()
     # Beat (and write the health file, not ready) while the weights load: a probe must
     # see a loading worker as alive, or Kubernetes restarts it mid-load.

@@ -26,11 +26,12 @@ from common.deadletters import (
     ENVELOPE,
     UNKNOWN_JOB,
     UNKNOWN_TASK,
+    WRONG_QUEUE,
     DeadLetter,
     DeadLetterStore,
 )
 from common.errors import InvalidJob, JobNotFound
-from common.job import ID_PATTERN
+from common.job import ID_PATTERN, JobSpec, ModelType
 from common.jobstore import JobStore
 
 log = logging.getLogger("zq.worker")
@@ -123,8 +124,14 @@ class Intake:
 
     def __init__(self, jobs: JobStore, letters: DeadLetterStore, worker_id: str,
                  task_names: Collection[str],
-                 on_refused: Callable[[str], None] = lambda reason: None) -> None:
+                 on_refused: Callable[[str], None] = lambda reason: None,
+                 model: ModelType | None = None,
+                 forward: Callable[[JobSpec], None] = lambda spec: None) -> None:
         self.jobs = jobs
+        # A message for a job of another model type is not run here (this worker holds
+        # other weights): it is dead-lettered and the job ``forward``ed to its own queue.
+        self.model = model
+        self.forward = forward
         self.letters = letters
         self.worker_id = worker_id
         self.task_names = frozenset(task_names)
@@ -135,8 +142,12 @@ class Intake:
         verdict = inspect(message, self.task_names)
         if isinstance(verdict, Admitted):
             try:
-                self.jobs.get(verdict.job_id)
-                return True
+                spec = self.jobs.get(verdict.job_id).spec
+                if self.model is None or spec.model is self.model:
+                    return True
+                verdict = Refusal(WRONG_QUEUE, f"job {spec.job_id} is a {spec.model.value} "
+                                               f"job; sent on to its own queue")
+                self.forward(spec)
             except (JobNotFound, InvalidJob) as exc:
                 verdict = Refusal(UNKNOWN_JOB, str(exc))
             except redis.RedisError:

@@ -7,6 +7,7 @@ non-Python producer (or a bug) would LPUSH them; real worker processes consume t
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import pickle
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 import redis
+from PIL import Image
 
 from common.deadletters import DeadLetterStore
 from common.job import ModelType
@@ -178,6 +180,31 @@ def test_a_worker_survives_every_malformed_message(cluster: Cluster, client: Cli
     cleared = zq(cluster, "dead-letters", "--clear")
     assert cleared.stdout.strip() == f"cleared {len(messages)} dead letters"
     assert letters.count() == 0
+
+
+def test_a_job_sent_to_the_wrong_model_queue_is_forwarded_not_run_there(
+        cluster: Cluster, client: Client) -> None:
+    turbo = cluster.start(ModelType.TURBO)
+    image = io.BytesIO()
+    Image.new("RGB", (32, 32), "red").save(image, "PNG")
+    job = client.edit("make it blue", image=image.getvalue(), width=32, height=32, steps=2)
+    broker = redis.Redis.from_url(cluster.redis_url)
+    letters = DeadLetterStore(broker, cluster.prefix)
+
+    def edit_messages() -> int:  # every priority list of the edit queue
+        return sum(int(broker.llen(key)) for key in broker.keys("zq.edit*"))
+
+    waiting = edit_messages()
+    broker.lpush(QUEUE, task([job.job_id], {}))
+    wait_for(lambda: letters.count() == 1, 60, "the dead letter", turbo)
+    (letter,) = letters.newest(1)
+    assert letter.reason == "wrong_queue" and job.job_id in letter.detail
+    assert job.status().status is JobStatus.QUEUED  # not claimed by the turbo worker
+    assert edit_messages() == waiting + 1  # sent on to the edit workers
+    cluster.start(ModelType.EDIT)
+    record = job.wait(120)
+    assert (record.status, record.deliveries) == (JobStatus.SUCCEEDED, 1)
+    assert record.worker != turbo.name
 
 
 def test_three_workers_on_one_host_with_default_metrics_settings(
