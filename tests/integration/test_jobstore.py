@@ -219,6 +219,13 @@ def test_ended_records_expire_after_the_retention_time(redis_server: RedisServer
         owed = jobs.outbox.state(kind, subject)
         assert owed is not None and owed.status == "pending"
     assert jobs.finish(parent, JobStatus.SUCCEEDED) is None
+    # A webhook record expires once it is settled, not while it is owed.
+    records = [jobs.outbox.record_key("job", parent.job_id), jobs.outbox.record_key("batch", "b1")]
+    assert [client.ttl(record) for record in records] == [-1, -1]
+    for _ in records:
+        delivery = jobs.outbox.claim_next()
+        assert delivery is not None and jobs.outbox.delivered(delivery, 200)
+    assert all(3500 < client.ttl(record) <= 3600 for record in records)
     client.close()
 
 
