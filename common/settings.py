@@ -40,6 +40,11 @@ class Settings:
     compile: bool = False
     fp8: bool = False
     job_timeout_s: int = 1800
+    # A rendering job without progress (a step, a phase) this long is stuck in the model:
+    # the worker gives it up and exits (0: never). Far above the slowest real step (seconds;
+    # a first-step recompile, minutes), far below the job timeout, which a hung step never
+    # reaches (it is checked between steps).
+    stall_timeout_s: int = 600
     lease_ttl_s: int = 15
     max_deliveries: int = 3
     prompt_cache_size: int = 256
@@ -107,6 +112,7 @@ class Settings:
             compile=_flag(env, "ZQ_COMPILE", base.compile),
             fp8=_flag(env, "ZQ_FP8", base.fp8),
             job_timeout_s=_int(env, "ZQ_JOB_TIMEOUT_S", base.job_timeout_s, 1),
+            stall_timeout_s=_int(env, "ZQ_STALL_TIMEOUT_S", base.stall_timeout_s, 0),
             lease_ttl_s=_int(env, "ZQ_LEASE_TTL_S", base.lease_ttl_s, 3),
             max_deliveries=_int(env, "ZQ_MAX_DELIVERIES", base.max_deliveries, 1),
             prompt_cache_size=_int(env, "ZQ_PROMPT_CACHE_SIZE", base.prompt_cache_size, 0),

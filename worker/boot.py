@@ -90,7 +90,7 @@ def start_runtime(settings: Settings, model: ModelType, worker_id: str,
     # Beat (and write the health file, not ready) while the weights load: a probe must
     # see a loading worker as alive, or Kubernetes restarts it mid-load.
     liveness = Liveness(jobs, app, model, worker_id, current, registry, settings.lease_ttl_s,
-                        health_path(model), settings.max_wait_s)
+                        health_path(model), settings.max_wait_s, settings.stall_timeout_s)
     liveness.start()
     source = settings.model_sources[model]
     log.info("loading %s model from %s", model.value, source)

@@ -32,6 +32,7 @@ log = logging.getLogger("zq.worker")
 EXIT_CANNOT_START = 78  # EX_CONFIG
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: Redis could not be reached at start-up
 EXIT_MODEL_CHANGED = 70  # EX_SOFTWARE: the loaded weights changed; a fresh process reloads them
+# 75 (EX_TEMPFAIL): a job stopped advancing inside the model; worker.watchdog.EXIT_STALLED.
 
 # Celery's `-A` needs a module-level app; settings are read once, here, for it.
 settings = Settings.from_env()

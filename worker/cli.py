@@ -50,7 +50,8 @@ def run_worker(args: argparse.Namespace) -> int:
 
     Exits 0 after a normal shutdown (SIGTERM); non-zero when the worker stopped for an
     error: Celery's code (1 for an unrecoverable error or a broker it gave up on), 70 when
-    its model changed, 78 when it cannot start.
+    its model changed, 75 when a job stopped advancing (``worker.watchdog``), 78 when it
+    cannot start.
     """
     model = ModelType(args.model)
     os.environ["ZQ_WORKER_MODEL"] = model.value
@@ -91,11 +92,15 @@ def exit_status(requested: int, celery_code: object) -> int:
 def probe_health(args: argparse.Namespace) -> int:
     """Read the worker's health file: 0 healthy, 1 not (with the reason on stdout)."""
     from worker.health import health_path, read_health
+    from worker.watchdog import EXIT_STALLED
 
     path = health_path(ModelType(args.model))
     health = read_health(path)
     if health is None:
         print(f"not alive: no health file at {path}")
+        return 1
+    if health.stalled:
+        print(f"stalled: {health.stalled}; worker pid {health.pid} exits {EXIT_STALLED}")
         return 1
     if not health.alive():
         print(f"not alive: last heartbeat {health.heartbeat:.0f}, pid {health.pid}")

@@ -51,6 +51,7 @@ from worker.finisher import Finisher
 from worker.hooks import HookSet, JobOutcome
 from worker.manifest import build_manifest
 from worker.results import RenderInputs, RenderResult
+from worker.watchdog import ProgressWatch, hang_at_step, hang_forever
 
 log = logging.getLogger("zq.worker")
 
@@ -81,7 +82,8 @@ class CurrentJob:
     """The job a worker renders now and the rendered jobs it is still storing.
 
     The heartbeat thread renews the lease of every one of them: a job is held from
-    its claim until its record is finished, across the hand-off.
+    its claim until its record is finished, across the hand-off. ``progress`` watches
+    the rendering job only, from its claim to its hand-off (the hung-step watchdog).
     """
 
     job_id: str | None = None
@@ -91,11 +93,16 @@ class CurrentJob:
     # Set while the job thread runs the model: the finisher starts its work then, not in
     # the few milliseconds the job thread needs (and the GIL) to fetch and claim the next job.
     rendering: threading.Event = field(default_factory=threading.Event)
+    progress: ProgressWatch = field(default_factory=ProgressWatch)
 
     def set(self, job_id: str | None) -> None:
         """Mark ``job_id`` as rendering (None when the job thread is idle)."""
         with self.lock:
             self.job_id, self.started = job_id, time.time()
+        if job_id is None:
+            self.progress.stop()
+        else:
+            self.progress.start(job_id)
 
     def get(self) -> str | None:
         """The rendering job's id, or None."""
@@ -108,6 +115,8 @@ class CurrentJob:
             self.finishing.add(job_id)
             if self.job_id == job_id:
                 self.job_id, self.started = None, time.time()
+        # Storing has its own retries and timeouts: the watchdog looks at renders only.
+        self.progress.stop(job_id)
 
     def stored(self, job_id: str) -> None:
         """The job's record is finished: this worker holds it no longer."""
@@ -190,6 +199,7 @@ class JobRunner:
             started = time.perf_counter()
             inputs, input_keys = self._inputs(spec)
             timings["load_inputs"] = time.perf_counter() - started
+            self.current.progress.mark("inputs loaded, rendering")
             self.current.rendering.set()
             try:
                 result = self.renderer.render(spec, inputs, self._progress(spec))
@@ -256,8 +266,12 @@ class JobRunner:
 
     def _progress(self, spec: JobSpec) -> Callable[[int, int], bool]:
         deadline = time.monotonic() + self.settings.job_timeout_s
+        hang_at = hang_at_step()
 
         def on_step(done: int, total: int) -> bool:
+            if done == hang_at:
+                hang_forever(spec.job_id, done)
+            self.current.progress.mark(f"step {done} of {total}")
             if time.monotonic() > deadline:
                 raise JobTimedOut(f"timed out after {self.settings.job_timeout_s}s "
                                 f"at step {done} of {total}")

@@ -33,6 +33,8 @@ class Health:
     heartbeat: float
     current_job: str | None
     interval_s: float
+    # Why the worker gave up on a job stuck in the model (``worker.watchdog``); None if not.
+    stalled: str | None = None
 
     def alive(self, now: float | None = None) -> bool:
         """The liveness thread wrote recently (three missed beats mean dead or hung)."""

@@ -6,6 +6,10 @@ recovers a job from a killed worker. Instead each running job holds a short leas
 that this thread renews; any live worker of the same model type re-publishes a
 job whose lease ran out (its worker died), and jobs recorded but never published.
 A job whose lease is alive is never handed to a second worker.
+
+Renewing a lease proves the process lives, not that its job advances: every beat also
+asks the hung-step watchdog (``worker.watchdog``), and a worker whose job stopped
+advancing gives up instead of renewing its lease.
 """
 
 from __future__ import annotations
@@ -27,10 +31,15 @@ from common.status import JobRecord
 from worker.execute import CurrentJob
 from worker.health import Health, write_health
 from worker.hooks import JobOutcome
+from worker.watchdog import Stall, give_up
 
 log = logging.getLogger("zq.worker")
 # Dead workers' ids are dropped from the worker list this often.
 PRUNE_INTERVAL_S = 60.0
+# Records the job's stall unless the job has gone (an HSET would leave a record without a spec).
+_RECORD_STALL = """
+if redis.call('exists', KEYS[1]) == 1 then redis.call('hset', KEYS[1], unpack(ARGV)) end
+"""
 
 
 class WorkerRegistry:
@@ -77,11 +86,16 @@ class WorkerRegistry:
 
 
 class Liveness(threading.Thread):
-    """Renews the current job's lease and recovers lost jobs, every ``lease_ttl_s / 3``."""
+    """Renews the current job's lease and recovers lost jobs, every ``lease_ttl_s / 3``.
+
+    With ``stall_timeout_s``, a rendering job without progress for that long ends the
+    worker instead (``worker.watchdog``).
+    """
 
     def __init__(self, jobs: JobStore, app: Celery, model: ModelType, worker_id: str,
                  current: CurrentJob, registry: WorkerRegistry, lease_ttl_s: int,
-                 health_file: Path | None = None, max_wait_s: int = 0) -> None:
+                 health_file: Path | None = None, max_wait_s: int = 0,
+                 stall_timeout_s: int = 0) -> None:
         super().__init__(name="zq-liveness", daemon=True)
         self.jobs = jobs
         self.app = app
@@ -93,6 +107,8 @@ class Liveness(threading.Thread):
         self.interval_s = max(lease_ttl_s / 3.0, 0.5)
         self.health_file = health_file
         self.max_wait_s = max_wait_s
+        self.stall_timeout_s = stall_timeout_s
+        self.stalled: str | None = None
         self.ready = False
         self.stopping = threading.Event()
         self.next_prune = 0.0
@@ -100,6 +116,9 @@ class Liveness(threading.Thread):
     def run(self) -> None:
         """Beat until stopped; an error in one beat is logged, never fatal."""
         while not self.stopping.is_set():
+            stall = self.current.progress.stalled(self.stall_timeout_s)
+            if stall is not None:
+                self.give_up(stall)
             self.write_health()
             try:
                 self.beat()
@@ -115,9 +134,25 @@ class Liveness(threading.Thread):
             write_health(self.health_file, Health(
                 pid=os.getpid(), model=self.model.value, ready=self.ready,
                 heartbeat=time.time(), current_job=self.current.get(),
-                interval_s=self.interval_s))
+                interval_s=self.interval_s, stalled=self.stalled))
         except OSError:
             log.exception("cannot write the health file %s", self.health_file)
+
+    def give_up(self, stall: Stall) -> None:
+        """The job is stuck in the model: say so and end the process (no lease renewed).
+
+        The health file is written first (local, cannot hang on the network); the worker
+        and job records are best effort. The job is not failed: it is left to lease
+        recovery, as if this worker had been killed.
+        """
+        self.stalled, self.ready = stall.reason(), False
+        key = self.jobs.job_key(stall.job_id)
+        give_up(stall, [
+            self.write_health,
+            lambda: self.registry.update(ready=0, stalled=stall.reason()),
+            lambda: self.jobs.redis.eval(_RECORD_STALL, 1, key, "stalled_on", self.worker_id,
+                                         "stall_reason", stall.reason()),
+        ])
 
     def beat(self) -> None:
         """One round: leases (the rendering job and those being stored), heartbeat, recovery."""

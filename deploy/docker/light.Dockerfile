@@ -2,8 +2,10 @@
 # Light image, no torch: the producer CLI (`zq submit|batch|campaign ...`), `zq exporter`,
 # `zq beat`, the webhook sender and Flower (`celery -A worker.celery_app flower`).
 #
-#   docker build -f deploy/docker/light.Dockerfile -t zimage-queue .
-#   docker run -e ZQ_REDIS_URL=redis://redis:6379/0 -p 9401:9401 zimage-queue exporter
+#   docker build -f deploy/docker/light.Dockerfile -t zimage-queue-light .
+#   docker run -e ZQ_REDIS_URL=redis://redis:6379/0 -p 9401:9401 zimage-queue-light exporter
+#
+# The Helm chart runs it as `image.lightRepository` (default zimage-queue-light).
 
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1

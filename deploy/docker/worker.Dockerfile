@@ -1,9 +1,11 @@
 # syntax=docker/dockerfile:1
 # GPU worker image: `zq worker --model turbo|edit|base`, one process per GPU.
 #
-#   docker build -f deploy/docker/worker.Dockerfile -t zimage-queue-worker .
+#   docker build -f deploy/docker/worker.Dockerfile -t zimage-queue .
 #   docker run --gpus all -v zq-models:/models -e ZQ_REDIS_URL=... -e ZQ_STORAGE_URL=... \
-#       zimage-queue-worker worker --model edit
+#       zimage-queue worker --model edit
+#
+# The Helm chart runs it as `image.repository` (default zimage-queue).
 #
 # Weights are not baked in: they download on first start into HF_HUB_CACHE=/models, a volume
 # (mount a pre-populated one and set HF_HUB_OFFLINE=1 to start without network).

@@ -10,6 +10,7 @@ from tests.chart.conftest import CHART, CI_VALUES, INVALID_VALUES, VALUES_FILES,
 INVALID = {
     "unknown-model.yaml": ["/workers", "'flux'"],
     "gpu-zero.yaml": ["/workers/turbo/gpu", "minimum"],
+    "gpu-two.yaml": ["/workers/base/gpu", "maximum"],
     "missing-s3-secret.yaml": ["/storage/s3/existingSecret"],
     "missing-redis-secret.yaml": ["/externalRedis/existingSecret"],
     "unknown-dtype.yaml": ["/workers/base/dtype", "must be one of 'auto', 'bfloat16'"],

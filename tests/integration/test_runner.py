@@ -31,6 +31,7 @@ from common.storage import LocalStore
 from worker.execute import CurrentJob, JobRunner
 from worker.liveness import Liveness, WorkerRegistry
 from worker.results import RenderInputs, RenderResult
+from worker.watchdog import Stall
 from zq.embedded_redis import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -253,3 +254,25 @@ def test_a_redis_blip_while_finishing_is_retried_not_a_job_failure(
     assert (record.status, record.error_code, record.deliveries) == (
         JobStatus.SUCCEEDED, None, 1)
     assert len(calls) == 2
+
+
+def test_the_watchdog_watches_a_job_from_its_claim_to_its_hand_off_not_its_storing(
+        settings: Settings, jobs: JobStore, tmp_path: Path) -> None:
+    store = FlakyStore(tmp_path)
+    store.gate.clear()  # storing waits until the test opens the gate
+    # Any watched job is "stalled" after a nanosecond: a None below means unwatched.
+    seen: list[Stall | None] = []
+    renderer = FakeRenderer(lambda spec: seen.append(runner.current.progress.stalled(1e-9)))
+    runner = make_runner(settings, jobs, store, renderer)
+    (spec,) = submitted(jobs)
+    assert runner.current.progress.stalled(1e-9) is None  # idle
+    assert runner.run(spec.job_id) == "handed_off"
+    stall = seen[0]
+    assert stall is not None and stall.job_id == spec.job_id
+    assert stall.phase == "inputs loaded, rendering"
+    assert runner.current.progress.phase == "step 1 of 1"
+    assert runner.current.held() == [spec.job_id]  # still being stored...
+    assert runner.current.progress.stalled(1e-9) is None  # ...but no longer watched
+    store.gate.set()
+    assert runner.close(timeout_s=30)
+    assert jobs.get(spec.job_id).status is JobStatus.SUCCEEDED

@@ -70,27 +70,48 @@ app.kubernetes.io/component: {{ .component }}
 {{- $grace -}}
 {{- end -}}
 
-{{/* Autoscaler cooldown: longer than a job. (dict "root" $ "w" $w "type" $type) */}}
+{{/*
+Autoscaler cooldown: how long idle GPUs stay after the load drops. It does not protect
+running jobs (the load counts them, and the grace period lets a stopped worker finish its
+job), so it need not exceed a job. (dict "root" $ "w" $w "type" $type)
+*/}}
 {{- define "zq.cooldown" -}}
-{{- $timeout := int .root.Values.config.jobTimeoutS -}}
-{{- $cooldown := .w.autoscaling.cooldownS | default (add $timeout 300) | int -}}
-{{- if le $cooldown $timeout -}}
-{{- fail (printf "workers.%s.autoscaling.cooldownS (%d) must exceed config.jobTimeoutS (%d)" .type $cooldown $timeout) -}}
-{{- end -}}
-{{- $cooldown -}}
+{{- .w.autoscaling.cooldownS | default 300 | int -}}
 {{- end -}}
 
-{{/* Environment every zimage-queue container gets: broker, storage, credentials. */}}
+{{/* Environment of the pods that use storage (workers, beat): broker and storage. */}}
 {{- define "zq.env" -}}
+{{- include "zq.redisEnv" . | trim }}
+{{- include "zq.storageEnv" . }}
+{{- end -}}
+
+{{/*
+ZQ_REDIS_URL. The in-chart Redis's password comes from its Secret and is put into the URL by
+Kubernetes ($(VAR) expansion), so it never appears in a pod spec.
+*/}}
+{{- define "zq.redisEnv" -}}
+{{- if and .Values.redis.enabled .Values.redis.auth.enabled }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "zq.redisSecretName" . }}
+      key: {{ .Values.redis.auth.passwordKey }}
 - name: ZQ_REDIS_URL
-{{- if .Values.redis.enabled }}
+  value: {{ printf "redis://:$(REDIS_PASSWORD)@%s:6379/0" (include "zq.redisHost" .) | quote }}
+{{- else if .Values.redis.enabled }}
+- name: ZQ_REDIS_URL
   value: {{ printf "redis://%s:6379/0" (include "zq.redisHost" .) | quote }}
 {{- else }}
+- name: ZQ_REDIS_URL
   valueFrom:
     secretKeyRef:
       name: {{ required "externalRedis.existingSecret is required when redis.enabled is false" .Values.externalRedis.existingSecret }}
       key: {{ .Values.externalRedis.urlKey }}
 {{- end }}
+{{- end -}}
+
+{{/* S3 credentials, only for the pods that read or write storage. */}}
+{{- define "zq.storageEnv" -}}
 {{- if and (hasPrefix "s3://" .Values.storage.url) (not .Values.storage.s3.useInstanceRole) }}
 - name: AWS_ACCESS_KEY_ID
   valueFrom:
