@@ -83,7 +83,7 @@ class CurrentJob:
 
     The heartbeat thread renews the lease of every one of them: a job is held from
     its claim until its record is finished, across the hand-off. ``progress`` watches
-    the rendering job only, from its claim to its hand-off (the hung-step watchdog).
+    the job only while the model renders it (the hung-step watchdog).
     """
 
     job_id: str | None = None
@@ -99,10 +99,6 @@ class CurrentJob:
         """Mark ``job_id`` as rendering (None when the job thread is idle)."""
         with self.lock:
             self.job_id, self.started = job_id, time.time()
-        if job_id is None:
-            self.progress.stop()
-        else:
-            self.progress.start(job_id)
 
     def get(self) -> str | None:
         """The rendering job's id, or None."""
@@ -115,8 +111,6 @@ class CurrentJob:
             self.finishing.add(job_id)
             if self.job_id == job_id:
                 self.job_id, self.started = None, time.time()
-        # Storing has its own retries and timeouts: the watchdog looks at renders only.
-        self.progress.stop(job_id)
 
     def stored(self, job_id: str) -> None:
         """The job's record is finished: this worker holds it no longer."""
@@ -199,11 +193,14 @@ class JobRunner:
             started = time.perf_counter()
             inputs, input_keys = self._inputs(spec)
             timings["load_inputs"] = time.perf_counter() - started
-            self.current.progress.mark("inputs loaded, rendering")
             self.current.rendering.set()
+            # Only the model is watched: loading inputs and storing results have their own
+            # retries and timeouts, and storage trouble must not count as a delivery.
+            self.current.progress.start(spec.job_id, "rendering")
             try:
                 result = self.renderer.render(spec, inputs, self._progress(spec))
             finally:
+                self.current.progress.stop(spec.job_id)
                 self.current.rendering.clear()
         except (StorageError, redis.RedisError) as exc:
             return self._retry_later(record, exc)

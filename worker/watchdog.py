@@ -3,10 +3,11 @@
 A CUDA kernel that never returns hangs the job thread inside the model, while the
 liveness thread goes on renewing the job's lease and writing a healthy health file:
 the job would never end and never be recovered. ``ProgressWatch`` records the rendering
-job's last sign of progress (its claim, its inputs loaded, each denoising step); the
-liveness thread asks it every beat whether that was more than ``ZQ_STALL_TIMEOUT_S``
-ago. Only a job between its claim and its hand-off is watched: an idle worker, the
-model load and warm-up, and the finisher storing a rendered job never are.
+job's last sign of progress (the render starting, each denoising step); the liveness
+thread asks it every beat whether that was more than ``ZQ_STALL_TIMEOUT_S`` ago. Only
+a job inside the model is watched: an idle worker, the model load and warm-up, a job's
+inputs loading and the finisher storing a rendered job never are (storage has its own
+retries and timeouts, and its trouble must not count as a delivery).
 
 A stuck thread cannot be interrupted from Python, so ``give_up`` records what it can
 (health file, worker and job records, each bounded in time) and ends the process with
@@ -58,8 +59,8 @@ class ProgressWatch:
         self.phase = ""
         self.last = 0.0
 
-    def start(self, job_id: str, phase: str = "claimed") -> None:
-        """Watch ``job_id`` from now on (it was just claimed)."""
+    def start(self, job_id: str, phase: str) -> None:
+        """Watch ``job_id`` from now on, in ``phase`` (its render starts)."""
         with self.lock:
             self.job_id, self.phase, self.last = job_id, phase, self.clock()
 

@@ -256,23 +256,44 @@ def test_a_redis_blip_while_finishing_is_retried_not_a_job_failure(
     assert len(calls) == 2
 
 
-def test_the_watchdog_watches_a_job_from_its_claim_to_its_hand_off_not_its_storing(
-        settings: Settings, jobs: JobStore, tmp_path: Path) -> None:
-    store = FlakyStore(tmp_path)
-    store.gate.clear()  # storing waits until the test opens the gate
+def test_the_watchdog_watches_a_job_inside_the_model_only(settings: Settings, jobs: JobStore,
+                                                         tmp_path: Path) -> None:
     # Any watched job is "stalled" after a nanosecond: a None below means unwatched.
-    seen: list[Stall | None] = []
-    renderer = FakeRenderer(lambda spec: seen.append(runner.current.progress.stalled(1e-9)))
+    seen: dict[str, Stall | None] = {}
+
+    class WatchedStore(FlakyStore):
+        def get(self, key: str, max_bytes: int | None = None) -> bytes:
+            seen["loading inputs"] = runner.current.progress.stalled(1e-9)
+            return super().get(key, max_bytes)
+
+    store = WatchedStore(tmp_path)
+    store.put("uploads/source.png", _png(), "image/png")
+    store.gate.clear()  # storing the result waits until the test opens the gate
+    renderer = FakeRenderer(
+        lambda spec: seen.update(rendering=runner.current.progress.stalled(1e-9)))
     runner = make_runner(settings, jobs, store, renderer)
-    (spec,) = submitted(jobs)
+    spec = new_job(JobKind.EDIT, prompt="watched", source_image="uploads/source.png", seed=1)
+    jobs.submit(spec)
+    jobs.mark_published(spec)
     assert runner.current.progress.stalled(1e-9) is None  # idle
     assert runner.run(spec.job_id) == "handed_off"
-    stall = seen[0]
-    assert stall is not None and stall.job_id == spec.job_id
-    assert stall.phase == "inputs loaded, rendering"
-    assert runner.current.progress.phase == "step 1 of 1"
+    assert seen["loading inputs"] is None
+    rendering = seen["rendering"]
+    assert rendering is not None and (rendering.job_id, rendering.phase) == (
+        spec.job_id, "rendering")
+    assert runner.current.progress.phase == "step 1 of 1"  # the step was progress
     assert runner.current.held() == [spec.job_id]  # still being stored...
     assert runner.current.progress.stalled(1e-9) is None  # ...but no longer watched
     store.gate.set()
     assert runner.close(timeout_s=30)
     assert jobs.get(spec.job_id).status is JobStatus.SUCCEEDED
+
+
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (32, 32), "blue").save(out, format="PNG")
+    return out.getvalue()

@@ -14,7 +14,6 @@ import pytest
 from common.errors import ConfigError
 from common.settings import Settings
 from worker.cli import probe_health
-from worker.execute import CurrentJob
 from worker.health import Health, health_path, read_health, write_health
 from worker.watchdog import EXIT_STALLED, ProgressWatch, Stall, give_up
 
@@ -45,13 +44,13 @@ def test_an_idle_worker_never_stalls(clock: FakeClock) -> None:
 
 def test_a_job_stalls_only_after_the_timeout_since_its_last_progress(clock: FakeClock) -> None:
     watch = ProgressWatch(clock)
-    watch.start("j1")
+    watch.start("j1", "rendering")
     clock.now += 5
     assert watch.stalled(5) is None  # exactly the timeout is not yet a stall
     watch.mark("step 1 of 8")
     clock.now += 4
     watch.mark("step 2 of 8")
-    clock.now += 4  # 13 s since the claim, but 4 s since the last step
+    clock.now += 4  # 13 s since the render started, but 4 s since the last step
     assert watch.stalled(5) is None
     clock.now += 1.5
     assert watch.stalled(5) == Stall("j1", "step 2 of 8", 5.5)
@@ -59,7 +58,7 @@ def test_a_job_stalls_only_after_the_timeout_since_its_last_progress(clock: Fake
 
 def test_a_slow_job_that_keeps_stepping_never_stalls(clock: FakeClock) -> None:
     watch = ProgressWatch(clock)
-    watch.start("slow")
+    watch.start("slow", "rendering")
     for step in range(1, 200):
         clock.now += 4.9
         assert watch.stalled(5) is None
@@ -68,7 +67,7 @@ def test_a_slow_job_that_keeps_stepping_never_stalls(clock: FakeClock) -> None:
 
 def test_zero_turns_the_watchdog_off(clock: FakeClock) -> None:
     watch = ProgressWatch(clock)
-    watch.start("j1")
+    watch.start("j1", "rendering")
     clock.now += 1e9
     assert watch.stalled(0) is None
     assert watch.stalled(1) is not None
@@ -76,30 +75,12 @@ def test_zero_turns_the_watchdog_off(clock: FakeClock) -> None:
 
 def test_stopping_ends_the_watch_but_only_for_the_job_watched(clock: FakeClock) -> None:
     watch = ProgressWatch(clock)
-    watch.start("j1")
-    watch.stop("older")  # a job stored by the finisher does not end the render's watch
+    watch.start("j1", "rendering")
+    watch.stop("older")  # a late stop for another job does not end this one's watch
     clock.now += 60
     assert watch.stalled(5) is not None
     watch.stop("j1")
     assert watch.stalled(5) is None
-
-
-def test_current_job_watches_from_claim_to_hand_off_not_while_storing(clock: FakeClock) -> None:
-    current = CurrentJob(progress=ProgressWatch(clock))
-    current.set("j1")
-    clock.now += 60
-    assert current.progress.stalled(5) == Stall("j1", "claimed", 60)
-    current.hand_off("j1")  # rendered: the finisher stores it with its own retries
-    clock.now += 60
-    assert current.held() == ["j1"]
-    assert current.progress.stalled(5) is None
-    current.set("j2")
-    current.stored("j1")
-    clock.now += 1
-    assert current.progress.stalled(5) is None
-    current.set(None)
-    clock.now += 60
-    assert current.progress.stalled(5) is None
 
 
 def test_the_reason_names_the_job_the_phase_and_the_time() -> None:
@@ -127,7 +108,7 @@ def test_giving_up_does_not_wait_for_a_blocked_recording() -> None:
     exits: list[int] = []
     started = time.monotonic()
     with pytest.raises(SystemExit):
-        give_up(Stall("j1", "claimed", 9.0), [lambda: blocked.wait(30)], exit=exits.append,
+        give_up(Stall("j1", "rendering", 9.0), [lambda: blocked.wait(30)], exit=exits.append,
                 timeout_s=0.2)
     assert time.monotonic() - started < 5
     assert exits == [EXIT_STALLED]
