@@ -73,5 +73,7 @@ def test_only_known_custom_resources(helm) -> None:
         "Service",
         "ServiceAccount",
         "PodDisruptionBudget",
+        "NetworkPolicy",
+        "Secret",
     }
     assert kinds - builtin <= CUSTOM_KINDS

@@ -28,8 +28,16 @@ jobs of other priorities sit in other lists, so LLEN-driven scaling (column ``on
 never even activates, and LLEN summed over every priority list (``on_lists``) scales to zero
 under the batch's last, slow job.
 
-The decision table is printed (``pytest -s``) and written to ``autoscaling.txt`` in the
-test's tmp dir.
+A second rehearsal stops the exporter (twice) to replay what the chart's ``fallback``
+(``failureThreshold: 3``, ``replicas: max(1, minReplicaCount)``, ``behavior:
+currentReplicasIfHigher``) does when the query returns no series (``ignoreNullValues:
+"false"`` makes that an error): for ``failureThreshold`` polls KEDA holds the current count,
+then it holds the higher of the current count and the fallback replicas. Jobs submitted while
+the exporter is gone and the type sits at zero wait for a worker: with the fallback it gets
+one; without (column ``no_fb``, KEDA's default of keeping the current count) it stays at zero.
+
+The decision tables are printed (``pytest -s``) and written to ``autoscaling.txt`` and
+``fallback.txt`` in the test's tmp dir.
 """
 
 from __future__ import annotations
@@ -78,6 +86,8 @@ STABILIZATION_STEPS = 3
 TOLERANCE = 0.1
 IDLE_STEPS = 4
 DEADLINE_S = 150
+FAILURE_THRESHOLD = 3
+FALLBACK_REPLICAS = max(1, MIN_REPLICAS)
 
 
 @dataclass
@@ -87,9 +97,19 @@ class Scaler:
     replicas: int = 0
     last_active: int | None = None
     window: list[int] = field(default_factory=list)
+    fallback: int | None = None  # fallback.replicas (behavior currentReplicasIfHigher)
+    failures: int = 0
+    target: float = TARGET
 
-    def decide(self, step: int, metric: float) -> tuple[int, str]:
-        """The replica count after this poll, and why."""
+    def decide(self, step: int, metric: float | None) -> tuple[int, str]:
+        """The replica count after this poll (``metric`` None: the query failed), and why."""
+        if metric is None:
+            self.failures += 1
+            if self.fallback is None or self.failures <= FAILURE_THRESHOLD:
+                return self.replicas, "no metric: hold"
+            self.replicas, self.window = max(self.replicas, self.fallback), []
+            return self.replicas, "fallback"
+        self.failures = 0
         if metric > ACTIVATION:
             self.last_active = step
         if self.replicas == 0:
@@ -101,7 +121,7 @@ class Scaler:
         if cooled and MIN_REPLICAS == 0:
             self.replicas, self.window = 0, []
             return 0, "cooldown over -> 0"
-        ratio = metric / (TARGET * self.replicas)
+        ratio = metric / (self.target * self.replicas)
         if abs(ratio - 1) <= TOLERANCE:
             recommended = self.replicas
         else:
@@ -137,25 +157,35 @@ class Sample:
 def exporter(cluster: Cluster, logs: Path) -> Iterator[str]:
     """``zq exporter`` for the cluster on a free port; yields its /metrics URL."""
     port = free_port()
-    url = f"http://127.0.0.1:{port}/metrics"
-    with (logs / "exporter.log").open("wb") as out:
+    proc = start_exporter(cluster, logs, port)
+    try:
+        yield metrics_url(port)
+    finally:
+        stop(proc)
+
+
+def metrics_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}/metrics"
+
+
+def start_exporter(cluster: Cluster, logs: Path, port: int) -> subprocess.Popen[bytes]:
+    """``zq exporter`` on ``port``, once it answers."""
+    url = metrics_url(port)
+    with (logs / "exporter.log").open("ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "zq", "exporter", "--port", str(port),
                                  "--address", "127.0.0.1"],
                                 env={**os.environ, **cluster.env}, stdout=out,
                                 stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                scrape(url)
-                break
-            except OSError:
-                assert proc.poll() is None, (logs / "exporter.log").read_text()
-                assert time.monotonic() < deadline, "exporter never answered"
-                time.sleep(0.1)
-        yield url
-    finally:
-        stop(proc)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            scrape(url)
+            return proc
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                stop(proc)
+                raise AssertionError((logs / "exporter.log").read_text()) from None
+            time.sleep(0.1)
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -285,4 +315,108 @@ def render(samples: list[Sample]) -> str:
               f"activation {ACTIVATION}, cooldown {COOLDOWN_STEPS} samples, stabilization "
               f"{STABILIZATION_STEPS} samples, sample every {SAMPLE_S}s; lists of "
               f"{MODEL.value}: {len(priority_lists(MODEL))}")
+    return "\n".join([legend, header, *rows])
+
+
+@dataclass
+class BlindSample:
+    step: int
+    phase: str
+    load: int | None  # None: the exporter is gone, the query has no series
+    unfinished: int
+    replicas: int = 0
+    reason: str = ""
+    no_fallback: int = 0
+
+
+FB_TARGET = 10  # jobs per replica in this rehearsal, so that 40 jobs ask for 4 replicas
+FB_JOBS = 40
+
+
+def test_keda_fallback_when_the_exporter_stops(cluster: Cluster, client: Client,
+                                               tmp_path: Path) -> None:
+    """The exporter stops at zero replicas with jobs coming, then again at 4 replicas."""
+    store = redis.Redis.from_url(cluster.redis_url, decode_responses=True)
+    source = client.upload(png(), "source_image")
+    port = free_port()
+    proc: subprocess.Popen[bytes] | None = start_exporter(cluster, tmp_path, port)
+    scaler = Scaler(fallback=FALLBACK_REPLICAS, target=FB_TARGET)
+    plain = Scaler(target=FB_TARGET)
+    job_ids: list[str] = []
+    samples: list[BlindSample] = []
+    blind_steps = FAILURE_THRESHOLD + 3
+    # step -> what happens at it: the exporter goes away / comes back, jobs, a worker.
+    schedule = {3: "stop", 5: "submit", 3 + blind_steps: "start",
+                6 + blind_steps: "stop", 6 + 2 * blind_steps: "start",
+                7 + 2 * blind_steps: "worker"}
+    start = time.monotonic()
+    try:
+        step, quiet = 0, 0
+        while quiet < COOLDOWN_STEPS + IDLE_STEPS:
+            assert time.monotonic() - start < DEADLINE_S, render_blind(samples)
+            tick = time.monotonic()
+            event = schedule.get(step, "")
+            if event == "stop" and proc is not None:
+                stop(proc)
+                proc = None
+            elif event == "start":
+                proc = start_exporter(cluster, tmp_path, port)
+            elif event == "submit":
+                for i in range(FB_JOBS):
+                    job_ids.append(client.edit(f"blind {i}", image=source, seed=i,
+                                               **SMALL).job_id)
+            elif event == "worker":
+                cluster.start(MODEL, wait=False)
+            load: int | None = None
+            if proc is not None:
+                load = int(scrape(metrics_url(port))["zq_queue_load"])
+            left = unfinished(store, cluster.prefix, job_ids)
+            phase = event or ("blind" if proc is None else "seen")
+            sample = BlindSample(step, phase, load, left)
+            sample.replicas, sample.reason = scaler.decide(step, load)
+            sample.no_fallback, _ = plain.decide(step, load)
+            samples.append(sample)
+            quiet = quiet + 1 if job_ids and not left and step > max(schedule) else 0
+            step += 1
+            time.sleep(max(0.0, SAMPLE_S - (time.monotonic() - tick)))
+    finally:
+        if proc is not None:
+            stop(proc)
+        (tmp_path / "fallback.txt").write_text(render_blind(samples))
+        print(f"\n{render_blind(samples)}")
+    check_fallback(samples, schedule)
+
+
+def check_fallback(samples: list[BlindSample], schedule: dict[int, str]) -> None:
+    report = render_blind(samples)
+    first_stop, first_start, second_stop, second_start = sorted(
+        step for step, event in schedule.items() if event in {"stop", "start"})
+    idle_blind = samples[first_stop:first_start]
+    # Blind at zero: KEDA holds zero for failureThreshold polls, then the fallback replicas.
+    assert [s.replicas for s in idle_blind[:FAILURE_THRESHOLD]] == [0] * FAILURE_THRESHOLD
+    assert all(s.replicas == FALLBACK_REPLICAS for s in idle_blind[FAILURE_THRESHOLD:]), report
+    # Jobs wait meanwhile: without a fallback the type stays at zero under them.
+    assert any(s.unfinished and s.no_fallback == 0 for s in idle_blind), report
+    # Seen again: the load (40 waiting) asks for 4 replicas.
+    before_second = samples[second_stop - 1]
+    assert before_second.load == FB_JOBS and before_second.replicas == MAX_REPLICAS, report
+    # Blind at 4 replicas with work: never scaled away (the current count is higher).
+    assert all(s.replicas == MAX_REPLICAS for s in samples[second_stop:second_start]), report
+    # Never zero while a job waits or runs, once KEDA has had its failureThreshold polls.
+    starved = [s.step for s in samples[first_stop + FAILURE_THRESHOLD:]
+               if s.unfinished and s.replicas == 0]
+    assert not starved, report
+    # Drained and seen: back to zero after the cooldown.
+    assert samples[-1].replicas == 0 and samples[-1].load == 0, report
+
+
+def render_blind(samples: list[BlindSample]) -> str:
+    header = (f"{'step':>4} {'phase':<7} {'load':>4} {'left':>4} {'repl':>4} {'no_fb':>5}  "
+              "decision")
+    rows = [f"{s.step:>4} {s.phase:<7} {'-' if s.load is None else s.load:>4} "
+            f"{s.unfinished:>4} {s.replicas:>4} {s.no_fallback:>5}  {s.reason}"
+            for s in samples]
+    legend = (f"KEDA fallback replay: failureThreshold {FAILURE_THRESHOLD}, fallback replicas "
+              f"{FALLBACK_REPLICAS} (currentReplicasIfHigher), target {FB_TARGET}/replica, "
+              f"replicas {MIN_REPLICAS}..{MAX_REPLICAS}; load '-': exporter gone, no series")
     return "\n".join([legend, header, *rows])
