@@ -8,7 +8,9 @@ holds a GPU. Each call is a JSON POST::
      "data": {...the subject's results manifest...}}
 
 with headers ``X-Zq-Event``, ``X-Zq-Delivery`` (the same id on every retry of one
-delivery: receivers drop repeats by it) and ``X-Zq-Signature``.
+delivery: receivers drop repeats by it) and ``X-Zq-Signature``, and the Standard Webhooks
+headers ``webhook-id`` (that same delivery id), ``webhook-timestamp`` and
+``webhook-signature`` (https://www.standardwebhooks.com).
 
 Verifying a webhook (receivers)
 -------------------------------
@@ -18,6 +20,16 @@ Check it against the raw request body, before parsing the JSON, with
 :func:`verify` or its equivalent: recompute, compare in constant time, and refuse a
 ``t`` more than a few minutes from now (that stops a captured request being replayed
 later). Several ``v1=`` entries may appear; any one matching is enough.
+
+The same request is also signed the Standard Webhooks way, so a stock library
+(``standardwebhooks`` on PyPI and npm, and its ports) can check it:
+``webhook-signature: v1,<base64>``, the HMAC-SHA256 of ``"<webhook-id>.<webhook-timestamp>."
++ raw body`` keyed with :func:`standard_key` of the secret: a ``whsec_<base64>`` secret is
+the bytes it encodes (what those libraries do with it), any other secret its own UTF-8
+bytes. A receiver therefore configures ``ZQ_WEBHOOK_SECRET`` itself when it starts with
+``whsec_``, and ``"whsec_" + base64(ZQ_WEBHOOK_SECRET)`` otherwise (:func:`standard_secret`).
+``X-Zq-Signature`` is always keyed with the secret's UTF-8 bytes as written, so receivers
+that check it are unaffected by the choice of secret.
 
 Any 2xx answer acknowledges the delivery. Anything else, a timeout, a connection
 error or a name that does not resolve is retried with exponential backoff and jitter,
@@ -34,6 +46,8 @@ at once, recorded as failed with ``refused: <rule>``, never retried and never co
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import contextlib
 import dataclasses
 import hashlib
@@ -45,7 +59,7 @@ import random
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -68,6 +82,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("zq.webhooks")
 
 SIGNATURE_HEADER = "X-Zq-Signature"
+STANDARD_ID_HEADER = "webhook-id"
+STANDARD_TIMESTAMP_HEADER = "webhook-timestamp"
+STANDARD_SIGNATURE_HEADER = "webhook-signature"
+STANDARD_SECRET_PREFIX = "whsec_"
 SECRET_ENV = "ZQ_WEBHOOK_SECRET"
 USER_AGENT = "zq-webhooks/1"
 _MAX_ERROR_CHARS = 300
@@ -111,6 +129,70 @@ def verify(secret: bytes, body: bytes, header: str, tolerance_s: float = 300,
     return any(hmac.compare_digest(expected, candidate) for candidate in candidates)
 
 
+def standard_key(secret: bytes) -> bytes:
+    """The HMAC key of the Standard Webhooks signature for ``ZQ_WEBHOOK_SECRET`` = ``secret``.
+
+    ``whsec_<base64>``: the bytes it encodes, as the Standard Webhooks libraries read such a
+    secret (padding may be left off). Anything else: ``secret`` itself, its UTF-8 bytes.
+    ``ConfigError`` for a ``whsec_`` secret that is not base64 or encodes nothing.
+    """
+    prefix = STANDARD_SECRET_PREFIX.encode()
+    if not secret.startswith(prefix):
+        return secret
+    encoded = secret[len(prefix):]
+    try:
+        key = base64.b64decode(encoded + b"=" * (-len(encoded) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if not key:
+        raise ConfigError(f"{SECRET_ENV} starts with {STANDARD_SECRET_PREFIX!r} but the rest "
+                          "is not a non-empty base64 value")
+    return key
+
+
+def standard_secret(secret: bytes) -> str:
+    """The ``whsec_...`` string a Standard Webhooks receiver configures for ``secret``.
+
+    ``secret`` unchanged when it is already ``whsec_``; otherwise its UTF-8 bytes in base64.
+    """
+    if secret.startswith(STANDARD_SECRET_PREFIX.encode()):
+        return secret.decode()
+    return STANDARD_SECRET_PREFIX + base64.b64encode(secret).decode()
+
+
+def sign_standard(key: bytes, delivery_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` value: ``v1,`` and the base64 HMAC-SHA256 under ``key``.
+
+    ``key`` is :func:`standard_key` of the secret; the signed bytes are
+    ``"<delivery_id>.<timestamp>." + body``.
+    """
+    message = f"{delivery_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(key, message, hashlib.sha256).digest()).decode()
+
+
+def verify_standard(key: bytes, body: bytes, headers: Mapping[str, str],
+                    tolerance_s: float = 300, now: float | None = None) -> bool:
+    """Whether ``headers`` carry a valid Standard Webhooks signature of the raw ``body``.
+
+    ``key`` as from :func:`standard_key`; header names in any case. False for a missing
+    or malformed header, no matching ``v1`` signature among the space-separated ones, or
+    a timestamp more than ``tolerance_s`` from ``now``.
+    """
+    lowered = {name.lower(): value for name, value in headers.items()}
+    delivery_id = lowered.get(STANDARD_ID_HEADER, "")
+    stamp = lowered.get(STANDARD_TIMESTAMP_HEADER, "")
+    signatures = lowered.get(STANDARD_SIGNATURE_HEADER, "")
+    if not (delivery_id and stamp.isdigit() and signatures):
+        return False
+    timestamp = int(stamp)
+    now = time.time() if now is None else now
+    if abs(now - timestamp) > tolerance_s:
+        return False
+    expected = sign_standard(key, delivery_id, timestamp, body)
+    return any(hmac.compare_digest(expected, candidate)
+               for candidate in signatures.split(" ") if candidate.startswith("v1,"))
+
+
 # -- sending -------------------------------------------------------------------
 class Dispatcher:
     """Sends due webhooks from an outbox; any number may run on one outbox at once.
@@ -133,6 +215,7 @@ class Dispatcher:
         self.outbox = outbox
         self.body_for = body_for
         self.secret = secret
+        self.standard_key = standard_key(secret)
         self.timeout_s = timeout_s
         self.max_attempts = max_attempts
         self.backoff_base_s = backoff_base_s
@@ -210,12 +293,17 @@ class Dispatcher:
     def _post(self, target: WebhookTarget, delivery: Delivery,
               body: bytes) -> tuple[int | None, str | None]:
         """POST ``body``; (status code, None) if acknowledged, else (code or None, error)."""
+        timestamp = int(time.time())
         headers = {
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,
             "X-Zq-Event": f"{delivery.kind}.finished",
             "X-Zq-Delivery": delivery.delivery_id,
-            SIGNATURE_HEADER: sign(self.secret, body, int(time.time())),
+            SIGNATURE_HEADER: sign(self.secret, body, timestamp),
+            STANDARD_ID_HEADER: delivery.delivery_id,
+            STANDARD_TIMESTAMP_HEADER: str(timestamp),
+            STANDARD_SIGNATURE_HEADER: sign_standard(
+                self.standard_key, delivery.delivery_id, timestamp, body),
         }
         try:
             status = post(target, body, headers, self.timeout_s, self.tls)
@@ -300,12 +388,18 @@ def body_from_registry(client: Client) -> Callable[[Delivery], dict[str, Any]]:
 
 
 def secret_from_env(env: dict[str, str] | None = None) -> bytes:
-    """``ZQ_WEBHOOK_SECRET`` as bytes; ``ConfigError`` if it is missing or empty."""
+    """``ZQ_WEBHOOK_SECRET`` as bytes; ``ConfigError`` if it is missing or empty.
+
+    Also ``ConfigError`` for a ``whsec_`` secret whose rest is not base64
+    (:func:`standard_key`), so a bad one stops the dispatcher at start.
+    """
     value = (os.environ if env is None else env).get(SECRET_ENV, "")
     if not value:
         raise ConfigError(f"{SECRET_ENV} must be set: the shared secret webhooks are "
                           "signed with (receivers verify X-Zq-Signature with it)")
-    return value.encode()
+    secret = value.encode()
+    standard_key(secret)
+    return secret
 
 
 # -- command line ----------------------------------------------------------------

@@ -7,9 +7,12 @@ actually went over the wire: how many POSTs, their bodies and their signatures.
 
 from __future__ import annotations
 
+import base64
+import importlib.util
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -32,7 +35,14 @@ from common.jobstore import JobStore
 from common.status import JobStatus
 from common.webhook_policy import WebhookPolicy
 from common.webhooks import Delivery, WebhookOutbox
-from producer.webhooks import Dispatcher, verify
+from producer.webhooks import (
+    Dispatcher,
+    standard_key,
+    standard_secret,
+    verify,
+    verify_standard,
+)
+from tests.conftest import require
 from zq.embedded_redis import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -196,10 +206,16 @@ def settled(outbox: WebhookOutbox, kind: str, *ids: str) -> Callable[[], bool]:
     return check
 
 
-def assert_signed(request: Received) -> None:
+def assert_signed(request: Received, secret: bytes = SECRET) -> None:
+    """Both signatures check out: X-Zq-Signature and the Standard Webhooks one."""
     header = request.headers["x-zq-signature"]
-    assert verify(SECRET, request.body, header), header
+    assert verify(secret, request.body, header), header
     assert not verify(b"some other secret", request.body, header)
+    assert verify_standard(standard_key(secret), request.body, request.headers)
+    assert not verify_standard(b"some other secret", request.body, request.headers)
+    assert request.headers["webhook-id"] == request.headers["x-zq-delivery"]
+    assert request.headers["x-zq-signature"].startswith(
+        f"t={request.headers['webhook-timestamp']},")
 
 
 @pytest.mark.parametrize("decode_responses", [True, False])
@@ -258,6 +274,7 @@ def test_failures_are_retried_with_backoff_until_acknowledged(
     assert [r.answered for r in got] == [500, 500, 200]
     assert [r.json["delivery_attempt"] for r in got] == [1, 2, 3]
     assert len({r.headers["x-zq-delivery"] for r in got}) == 1  # one delivery, three tries
+    assert len({r.headers["webhook-id"] for r in got}) == 1
     assert {r.headers["x-zq-event"] for r in got} == {"campaign_run.finished"}
     for request in got:
         assert_signed(request)
@@ -438,3 +455,72 @@ def test_zq_webhooks_sends_a_finished_jobs_record_and_url(
     assert (data["job_id"], data["status"], data["image"]) == (
         "j-cli", "succeeded", "results/j-cli.png")
     assert data["url"] == (tmp_path / "results" / "j-cli.png").as_uri()
+
+
+# -- Standard Webhooks, checked by the stock libraries -----------------------------------
+WHSEC_SECRET = b"whsec_" + base64.b64encode(b"\x00\x01 integration key \xfe\xff")
+# The stock npm receiver library (scripts/test runs npm ci --prefix tests/integration/node).
+NODE_MODULES = Path(__file__).resolve().parent / "node" / "node_modules"
+NODE_VERIFY = """
+const { Webhook } = require("standardwebhooks");
+let input = "";
+process.stdin.on("data", (chunk) => { input += chunk; });
+process.stdin.on("end", () => {
+  const { secret, body, headers } = JSON.parse(input);
+  const payload = new Webhook(secret).verify(body, headers);
+  let refused = false;
+  try { new Webhook("whsec_" + Buffer.from("wrong").toString("base64")).verify(body, headers); }
+  catch (e) { refused = true; }
+  process.stdout.write(JSON.stringify({ id: payload.id, refused }));
+});
+"""
+
+
+def _delivered_with(outbox: WebhookOutbox, receiver: Receiver, secret: bytes,
+                    subject: str) -> Received:
+    """One real delivery by a real dispatcher signed under ``secret``, as received."""
+    assert outbox.enqueue("batch", subject, receiver.url)
+    worker = Dispatcher(outbox, manifest_body, secret, timeout_s=2.0,
+                        policy=WebhookPolicy(("127.0.0.1",)))
+    drive(worker, until=settled(outbox, "batch", subject))
+    (request,) = [r for r in receiver.received() if r.json["id"] == subject]
+    return request
+
+
+@pytest.mark.parametrize("secret", [SECRET, WHSEC_SECRET], ids=["plain", "whsec"])
+def test_a_stock_standard_webhooks_receiver_verifies_a_real_delivery(
+        outbox: WebhookOutbox, receivers: Callable[..., Receiver], secret: bytes) -> None:
+    require(importlib.util.find_spec("standardwebhooks") is not None,
+            "standardwebhooks (the dev extra)")
+    from standardwebhooks import Webhook
+    from standardwebhooks.webhooks import WebhookVerificationError
+
+    request = _delivered_with(outbox, receivers(), secret, "b-std")
+    assert_signed(request, secret)
+    # The string receivers are told to configure: the secret itself when it is whsec_.
+    configured = standard_secret(secret)
+    assert (configured == secret.decode()) == secret.startswith(b"whsec_")
+    assert Webhook(configured).verify(request.body, request.headers) == request.json
+    with pytest.raises(WebhookVerificationError):
+        Webhook(standard_secret(b"some other secret")).verify(request.body, request.headers)
+    tampered = request.body.replace(b"b-std", b"b-evil")
+    with pytest.raises(WebhookVerificationError):
+        Webhook(configured).verify(tampered, request.headers)
+
+
+def test_the_npm_standard_webhooks_library_verifies_a_real_delivery(
+        outbox: WebhookOutbox, receivers: Callable[..., Receiver]) -> None:
+    node = shutil.which("node")
+    env = {**os.environ, "NODE_PATH": str(NODE_MODULES)}
+    probe = [node or "node", "-e", "require('standardwebhooks')"]
+    require(node is not None and subprocess.run(probe, capture_output=True, env=env,
+                                                timeout=30).returncode == 0,
+            "node with the npm package standardwebhooks (npm ci --prefix tests/integration/node)")
+    assert node is not None
+    request = _delivered_with(outbox, receivers(), WHSEC_SECRET, "b-node")
+    message = {"secret": standard_secret(WHSEC_SECRET), "body": request.body.decode(),
+               "headers": request.headers}
+    checked = subprocess.run([node, "-e", NODE_VERIFY], input=json.dumps(message), env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stderr
+    assert json.loads(checked.stdout) == {"id": "b-node", "refused": True}

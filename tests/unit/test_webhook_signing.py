@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import importlib.util
 import random
-from typing import cast
+import time
+from typing import Any, cast
 
 import pytest
 
 from common.errors import ConfigError, InvalidJob
 from common.webhooks import WebhookOutbox, redact_url, validate_webhook_url
-from producer.webhooks import Dispatcher, secret_from_env, sign, verify
+from producer.webhooks import (
+    Dispatcher,
+    secret_from_env,
+    sign,
+    sign_standard,
+    standard_key,
+    standard_secret,
+    verify,
+    verify_standard,
+)
+from tests.conftest import require
 
 SECRET = b"whsec-test"
 BODY = b'{"event":"batch.finished","id":"b1"}'
@@ -112,3 +125,97 @@ def test_secret_is_required() -> None:
     with pytest.raises(ConfigError, match="ZQ_WEBHOOK_SECRET"):
         secret_from_env({"ZQ_WEBHOOK_SECRET": ""})
     assert secret_from_env({"ZQ_WEBHOOK_SECRET": "s3"}) == b"s3"
+
+
+# -- Standard Webhooks -----------------------------------------------------------------
+DELIVERY = "3f1c0d6e9a8b4c2d8e7f6a5b4c3d2e1f"
+RAW_KEY = bytes(range(32))
+WHSEC = b"whsec_" + base64.b64encode(RAW_KEY)
+
+
+def _stock_webhook(secret: str | bytes) -> Any:
+    """``standardwebhooks.Webhook(secret)`` from PyPI (skipped locally if not installed)."""
+    require(importlib.util.find_spec("standardwebhooks") is not None,
+            "standardwebhooks (the dev extra)")
+    from standardwebhooks import Webhook
+
+    return Webhook(secret)
+
+
+def _standard_headers(key: bytes, timestamp: int) -> dict[str, str]:
+    return {"webhook-id": DELIVERY, "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign_standard(key, DELIVERY, timestamp, BODY)}
+
+
+def test_standard_signature_is_base64_hmac_of_id_timestamp_body() -> None:
+    expected = hmac.new(RAW_KEY, f"{DELIVERY}.{NOW}.".encode() + BODY, hashlib.sha256).digest()
+    assert sign_standard(RAW_KEY, DELIVERY, NOW, BODY) == \
+        "v1," + base64.b64encode(expected).decode()
+
+
+def test_a_whsec_secret_keys_with_the_bytes_it_encodes() -> None:
+    assert standard_key(WHSEC) == RAW_KEY
+    assert standard_key(WHSEC.rstrip(b"=")) == RAW_KEY  # unpadded, as some issuers write it
+    assert standard_secret(WHSEC) == WHSEC.decode()
+
+
+def test_any_other_secret_keys_with_its_own_bytes() -> None:
+    assert standard_key(SECRET) == SECRET
+    assert standard_key("pässword".encode()) == "pässword".encode()
+    # What receivers configure: whsec_ + base64 of those bytes, read back to the same key.
+    for secret in (SECRET, "pässword".encode()):
+        assert standard_key(standard_secret(secret).encode()) == secret
+
+
+@pytest.mark.parametrize("value", ["whsec_", "whsec_not base64!", "whsec_A", "whsec_===="])
+def test_a_malformed_whsec_secret_is_refused_at_start(value: str) -> None:
+    with pytest.raises(ConfigError, match="whsec_"):
+        standard_key(value.encode())
+    with pytest.raises(ConfigError, match="ZQ_WEBHOOK_SECRET"):
+        secret_from_env({"ZQ_WEBHOOK_SECRET": value})
+    with pytest.raises(ConfigError):
+        Dispatcher(cast(WebhookOutbox, object()), lambda d: {}, value.encode())
+
+
+def test_the_zq_signature_keeps_the_secret_as_written() -> None:
+    # A whsec_ secret changes only the Standard Webhooks key: X-Zq-Signature receivers
+    # configured with the string itself keep verifying.
+    header = sign(WHSEC, BODY, NOW)
+    assert header.endswith(hmac.new(WHSEC, f"{NOW}.".encode() + BODY,
+                                    hashlib.sha256).hexdigest())
+    assert verify(WHSEC, BODY, header, now=NOW)
+
+
+def test_standard_round_trip_and_rejections() -> None:
+    headers = _standard_headers(RAW_KEY, NOW)
+    assert verify_standard(RAW_KEY, BODY, headers, now=NOW + 299)
+    assert verify_standard(RAW_KEY, BODY, {k.upper(): v for k, v in headers.items()}, now=NOW)
+    assert not verify_standard(RAW_KEY, BODY + b" ", headers, now=NOW)
+    assert not verify_standard(b"another key", BODY, headers, now=NOW)
+    assert not verify_standard(RAW_KEY, BODY, headers, now=NOW + 301)
+    assert not verify_standard(RAW_KEY, BODY, {**headers, "webhook-id": "other"}, now=NOW)
+    assert not verify_standard(RAW_KEY, BODY, {**headers, "webhook-timestamp": str(NOW + 1)},
+                               now=NOW)
+    for missing in headers:
+        assert not verify_standard(RAW_KEY, BODY,
+                                   {k: v for k, v in headers.items() if k != missing}, now=NOW)
+    # Rotation: several space-separated signatures, any one matching is enough.
+    old = sign_standard(b"old key", DELIVERY, NOW, BODY)
+    rotated = {**headers, "webhook-signature": f"{old} {headers['webhook-signature']}"}
+    assert verify_standard(RAW_KEY, BODY, rotated, now=NOW)
+    assert not verify_standard(RAW_KEY, BODY, {**headers, "webhook-signature": old}, now=NOW)
+
+
+@pytest.mark.parametrize("secret", [WHSEC, SECRET, "pässword".encode()])
+def test_the_stock_library_verifies_with_the_secret_receivers_configure(secret: bytes) -> None:
+    now = int(time.time())
+    headers = _standard_headers(standard_key(secret), now)
+    assert _stock_webhook(standard_secret(secret)).verify(BODY, headers) == {
+        "event": "batch.finished", "id": "b1"}
+    # A plain secret's raw bytes work too, where a library takes bytes.
+    assert _stock_webhook(standard_key(secret)).verify(BODY, headers, json_parse=False) is None
+    other = standard_secret(b"some other secret")
+    from standardwebhooks.webhooks import WebhookVerificationError
+
+    with pytest.raises(WebhookVerificationError):
+        _stock_webhook(other).verify(BODY, headers)

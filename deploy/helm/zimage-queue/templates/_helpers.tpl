@@ -126,6 +126,17 @@ Kubernetes ($(VAR) expansion), so it never appears in a pod spec.
 {{- end }}
 {{- end -}}
 
+{{/*
+ZQ_WEBHOOK_ALLOW from webhooks.allow: for the dispatcher, which vets each call, and for beat,
+which checks a campaign's webhook at submit. Outside the worker config, so it rolls no GPU pod.
+*/}}
+{{- define "zq.webhookAllowEnv" -}}
+{{- with .Values.webhooks.allow -}}
+- name: ZQ_WEBHOOK_ALLOW
+  value: {{ join "," . | quote }}
+{{- end -}}
+{{- end -}}
+
 {{/* Volumes for a read-only root filesystem: /tmp and the health directory. */}}
 {{- define "zq.tmpVolumeMounts" -}}
 - name: tmp
