@@ -82,6 +82,10 @@ class Settings:
     infra_outage: str = "fail"
     # Broker messages no worker can run are kept, newest first, up to this many.
     dead_letter_max: int = 10_000
+    # `zq api`: requests per second each API key (or client address) may make, and the
+    # burst it may save up; counted per replica.
+    api_rate_per_s: int = 20
+    api_rate_burst: int = 40
 
     @property
     def visibility_timeout_s(self) -> int:
@@ -141,6 +145,8 @@ class Settings:
                                       0),
             infra_outage=_choice(env, "ZQ_INFRA_OUTAGE", base.infra_outage, ("fail", "wait")),
             dead_letter_max=_int(env, "ZQ_DEAD_LETTER_MAX", base.dead_letter_max, 1),
+            api_rate_per_s=_int(env, "ZQ_API_RATE_PER_S", base.api_rate_per_s, 1),
+            api_rate_burst=_int(env, "ZQ_API_RATE_BURST", base.api_rate_burst, 1),
         )
 
 

@@ -35,6 +35,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``zq`` parser."""
+    from producer.api.cli import add_command as api_command
     from producer.cli import add_commands as producer_commands
     from producer.webhooks import add_command as webhooks_command
     from worker.cli import add_commands as worker_commands
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     exporter_command(commands)
     dead_letters_command(commands)
     webhooks_command(commands)
+    api_command(commands)
     return parser
 
 

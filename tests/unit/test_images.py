@@ -26,7 +26,7 @@ HEAVY = {"torch", "diffusers", "transformers", "accelerate", "safetensors"}
 # What the light image runs: the producer CLI, the exporter, beat, webhooks, the zq parser.
 LIGHT_MODULES = ["zq.cli", "producer.cli", "producer.client", "producer.batch",
                  "producer.batch_cli", "producer.campaign_cli", "producer.webhooks",
-                 "zq.exporter", "common.queueload"]
+                 "zq.exporter", "common.queueload", "producer.api.app", "producer.api.cli"]
 
 
 def instructions(path: Path) -> list[tuple[str, str]]:

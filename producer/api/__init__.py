@@ -1,0 +1,1 @@
+"""``zq api``: the HTTP front door to the queue (FastAPI; light install, no torch)."""
