@@ -6,6 +6,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from common.settings import Settings
+from producer.api import comfy_routes, comfy_ws
 from producer.api.auth import ApiKeys, RateLimiter
 from producer.api.limits import BodyLimit
 from producer.api.problems import ApiProblem, install_handlers
@@ -48,8 +49,11 @@ def create_app(settings: Settings, client: Client | None = None,
     app.state.keys = ApiKeys.from_env() if keys is None else keys
     app.state.limiter = RateLimiter(float(settings.api_rate_per_s), settings.api_rate_burst)
     app.include_router(router, dependencies=[Depends(guard)])
+    app.include_router(comfy_routes.router, dependencies=[Depends(guard)])
+    app.include_router(comfy_ws.router)  # checks keys itself: guard reads a Request
     upload_limit = settings.max_input_bytes + UPLOAD_SLACK
     app.add_middleware(BodyLimit, limit_for=lambda path: (
-        upload_limit if path.rstrip("/") == "/v1/uploads" else JSON_LIMIT))
+        upload_limit if path.rstrip("/") in ("/v1/uploads", *comfy_routes.UPLOAD_PATHS)
+        else JSON_LIMIT))
     install_handlers(app)
     return app
