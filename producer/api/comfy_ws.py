@@ -37,6 +37,8 @@ from producer.client import Client
 
 router = APIRouter()
 POLL_S = 0.3
+# How often a connection checks the whole queue's length (a scan of the active prompts).
+QUEUE_CHECK_S = 2.0
 Message = dict[str, Any]
 
 
@@ -58,6 +60,10 @@ class Watcher:
         self.client_id = client_id
         self.after = 0
         self.watching: dict[str, _Seen] = {}
+        # Like ComfyUI, every client hears when the queue length changes: some clients
+        # wait for queue_remaining == 0 when their own prompt ended before they listened.
+        self.remaining_sent: int | None = None
+        self.next_queue_check = 0.0
 
     def start(self) -> list[Message]:
         """The first ``status``; the client's unfinished prompts are followed from now."""
@@ -66,7 +72,10 @@ class Watcher:
             record = self.state.load(prompt_id)
             if record is not None and not finished(self.state.jobs(record)):
                 self.watching[prompt_id] = _Seen()
-        return [self._status()]
+        status = self._status()
+        self.remaining_sent = status["data"]["status"]["exec_info"]["queue_remaining"]
+        self.next_queue_check = time.monotonic() + QUEUE_CHECK_S
+        return [status]
 
     def poll(self) -> list[Message]:
         """Messages for what changed since the last poll."""
@@ -81,6 +90,13 @@ class Watcher:
         if any(m["type"] in ("execution_start", "execution_success", "execution_error",
                              "execution_interrupted") for m in messages):
             messages.append(self._status())
+        elif time.monotonic() >= self.next_queue_check:
+            self.next_queue_check = time.monotonic() + QUEUE_CHECK_S
+            status = self._status()
+            if status["data"]["status"]["exec_info"]["queue_remaining"] != self.remaining_sent:
+                messages.append(status)
+        if any(m["type"] == "status" for m in messages):
+            self.remaining_sent = messages[-1]["data"]["status"]["exec_info"]["queue_remaining"]
         return messages
 
     def _status(self) -> Message:

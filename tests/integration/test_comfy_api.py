@@ -283,7 +283,7 @@ def test_websocket_follows_the_clients_prompt(api: TestClient, client: Client) -
         spec = client.status(record["job_ids"][0]).spec
         assert client.jobs.claim(spec, "w1", 60, 3).outcome == "claimed"
         client.jobs.report_progress(spec.job_id, 1, 2)
-        seen = _until(socket, "progress")
+        seen = [m for m in _until(socket, "progress") if m["type"] != "status"]
         assert seen[0]["type"] == "execution_start" and seen[0]["data"]["prompt_id"] == prompt_id
         assert {"type": "executing", "data": {"prompt_id": prompt_id, "node": "5",
                                               "display_node": "5"}} in seen
@@ -302,6 +302,22 @@ def test_websocket_follows_the_clients_prompt(api: TestClient, client: Client) -
         assert seen[-1]["data"]["status"]["exec_info"]["queue_remaining"] == 1  # "other"'s
     viewed = api.get("/view", params={"filename": f"{spec.job_id}.png", "subfolder": "zq"})
     assert viewed.status_code == 200 and viewed.content == png(64)
+
+
+def test_every_client_hears_when_the_queue_length_changes(api: TestClient) -> None:
+    # Some clients post first and listen after: if their prompt already ended, they wait for
+    # queue_remaining to reach 0, which ComfyUI announces to every client.
+    with api.websocket_connect("/ws?clientId=listener") as socket:
+        assert socket.receive_json()["data"]["status"]["exec_info"]["queue_remaining"] == 0
+        made = api.post("/prompt", json={"prompt": small(ARTICLE), "client_id": "someone"})
+        assert made.status_code == 200
+        update = socket.receive_json()  # within one queue check, a few seconds
+        assert update == {"type": "status", "data": {"status": {"exec_info": {
+            "queue_remaining": 1}}, "sid": "listener"}}
+        cancelled = api.post("/queue", json={"clear": True})
+        assert cancelled.status_code == 200
+        update = socket.receive_json()
+        assert update["data"]["status"]["exec_info"]["queue_remaining"] == 0
 
 
 def test_websocket_needs_a_key_when_keys_are_set(settings: Settings, client: Client) -> None:
