@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # Light image, no torch: the producer CLI (`zq submit|batch|campaign ...`), `zq exporter`,
-# `zq beat`, the webhook sender and Flower (`celery -A worker.celery_app flower`).
+# `zq beat`, the webhook sender, `zq api` and Flower (`celery -A worker.celery_app flower`).
 #
 #   docker build -f deploy/docker/light.Dockerfile -t zimage-queue-light .
 #   docker run -e ZQ_REDIS_URL=redis://redis:6379/0 -p 9401:9401 zimage-queue-light exporter
@@ -17,9 +17,9 @@ COPY common ./common
 COPY producer ./producer
 COPY worker ./worker
 COPY zq ./zq
-# The base install plus Flower; the `worker` extra (torch, diffusers) stays out.
-RUN pip install ".[flower]" \
- && python -c "import importlib.util as u, zq.cli; assert u.find_spec('torch') is None"
+# The base install plus Flower and the API; the `worker` extra (torch, diffusers) stays out.
+RUN pip install ".[flower,api]" \
+ && python -c "import importlib.util as u, zq.cli, producer.api.app; assert u.find_spec('torch') is None"
 
 FROM python:3.11-slim
 COPY --from=build /opt/venv /opt/venv
@@ -29,7 +29,7 @@ RUN groupadd --gid 10001 zq \
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HOME=/home/zq
-EXPOSE 9401 5555
+EXPOSE 9401 5555 8000
 USER 10001:10001
 WORKDIR /home/zq
 STOPSIGNAL SIGTERM

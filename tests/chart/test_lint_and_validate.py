@@ -75,5 +75,7 @@ def test_only_known_custom_resources(helm) -> None:
         "PodDisruptionBudget",
         "NetworkPolicy",
         "Secret",
+        "Ingress",
+        "HorizontalPodAutoscaler",
     }
     assert kinds - builtin <= CUSTOM_KINDS

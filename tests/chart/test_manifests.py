@@ -52,7 +52,9 @@ def test_single_model_values_render_one_worker_type(helm) -> None:
 def test_no_replicas_when_keda_owns_the_deployment(helm, values_file: str) -> None:
     objects, _ = render(values_file)
     scaled = {
-        so["spec"]["scaleTargetRef"]["name"] for so in by_kind(objects, "ScaledObject").values()
+        so["spec"]["scaleTargetRef"]["name"]
+        for kind in ("ScaledObject", "HorizontalPodAutoscaler")
+        for so in by_kind(objects, kind).values()
     }
     for name, deployment in by_kind(objects, "Deployment").items():
         if name in scaled:

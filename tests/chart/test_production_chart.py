@@ -305,8 +305,9 @@ def test_only_pods_that_use_storage_get_s3_credentials(helm, values_file: str) -
     for name, deployment in by_kind(objects, "Deployment").items():
         env = env_of(deployment["spec"]["template"]["spec"]["containers"][0])
         has_s3 = "AWS_SECRET_ACCESS_KEY" in env
-        # The webhook dispatcher presigns the image URLs its bodies carry.
-        uses_storage = "-worker-" in name or name.endswith(("-beat", "-webhooks"))
+        # The webhook dispatcher presigns the image URLs its bodies carry; the API presigns
+        # and uploads inputs.
+        uses_storage = "-worker-" in name or name.endswith(("-beat", "-webhooks", "-api"))
         assert has_s3 == uses_storage, name
 
 

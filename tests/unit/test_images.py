@@ -105,7 +105,7 @@ def test_light_image_installs_no_worker_extra() -> None:
     assert values(steps, "FROM")[-1].startswith("python:3.11-slim")
     run = installs(LIGHT)
     pips = re.findall(r"pip install[^&\n]*", run)
-    assert any(".[flower]" in pip for pip in pips), pips
+    assert any(".[flower,api]" in pip for pip in pips), pips
     for pip in pips:
         assert "worker" not in pip and not any(name in pip for name in HEAVY), pip
     assert "nvidia" not in "\n".join(values(steps, "FROM"))
