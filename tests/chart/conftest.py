@@ -67,6 +67,15 @@ def render(values_file: str) -> tuple[list[dict[str, Any]], str]:
     return objects, notes
 
 
+def render_values(helm: Any, values: dict[str, Any]) -> list[dict[str, Any]]:
+    """Objects rendered from ``values`` (schema-checked first) as release zq in namespace zq."""
+    with helm.Chart.load(CHART) as chart:
+        chart.validate_schema(values)
+        rendered = chart.render(values, name="zq", namespace="zq")
+    return [doc for path, text in rendered.items() if path.endswith(".yaml")
+            for doc in yaml.safe_load_all(text) if doc]
+
+
 def by_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
     return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}
 

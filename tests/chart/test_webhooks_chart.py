@@ -11,18 +11,19 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.chart.conftest import CHART, CI_VALUES, by_kind, env_of, load_values, render, workers
+from tests.chart.conftest import (
+    CHART,
+    CI_VALUES,
+    by_kind,
+    env_of,
+    load_values,
+    render,
+    render_values,
+    workers,
+)
 
 NAME = "zq-zimage-queue-webhooks"
 ENABLED = {"webhooks": {"enabled": True, "secret": {"existingSecret": "zq-webhook-secret"}}}
-
-
-def render_values(helm: Any, values: dict[str, Any]) -> list[dict[str, Any]]:
-    with helm.Chart.load(CHART) as chart:
-        chart.validate_schema(values)
-        rendered = chart.render(values, name="zq", namespace="zq")
-    return [doc for path, text in rendered.items() if path.endswith(".yaml")
-            for doc in yaml.safe_load_all(text) if doc]
 
 
 def container(deployment: dict[str, Any]) -> dict[str, Any]:

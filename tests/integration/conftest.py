@@ -6,6 +6,7 @@ import json
 import logging
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -163,3 +164,11 @@ def proxy(cluster: Cluster) -> Iterator[StallProxy]:
     server = StallProxy((endpoint.hostname or "127.0.0.1", endpoint.port or 80)).start()
     yield server
     server.close()
+
+
+@pytest.fixture
+def settings(redis_server: RedisServer, tmp_path: Path) -> Settings:
+    """A private key prefix on the session's Redis and a file store of this test's own."""
+    return replace(Settings(), redis_url=redis_server.url,
+                   storage_url=f"file://{tmp_path / 'store'}",
+                   key_prefix=f"zqt{uuid.uuid4().hex[:8]}")

@@ -11,7 +11,6 @@ import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,19 +21,10 @@ from common.settings import Settings
 from producer.api.app import create_app
 from producer.api.auth import ApiKeys, digest
 from producer.client import Client
-from zq.embedded_redis import RedisServer
 
 pytestmark = pytest.mark.integration
 PROBLEM = "application/problem+json"
 GOOD = {"prompt": "a lantern", "width": 64, "height": 64}
-
-
-@pytest.fixture
-def settings(redis_server: RedisServer, tmp_path: Path) -> Settings:
-    """A private key prefix on the session's Redis and a file store of this test's own."""
-    return replace(Settings(), redis_url=redis_server.url,
-                   storage_url=f"file://{tmp_path / 'store'}",
-                   key_prefix=f"zqapi{uuid.uuid4().hex[:8]}")
 
 
 @pytest.fixture

@@ -6,9 +6,7 @@ import copy
 import io
 import json
 import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +25,10 @@ from producer.client import Client
 from tests.integration.cluster import Cluster
 from tests.integration.test_api_server import Api
 from tests.unit.comfy_workflows import ARTICLE, inpaint, masked_edit
-from zq.embedded_redis import RedisServer
 from zq.processes import stop
 
 pytestmark = pytest.mark.integration
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture
-def settings(redis_server: RedisServer, tmp_path: Path) -> Settings:
-    """A private key prefix on the session's Redis and a file store of this test's own."""
-    return replace(Settings(), redis_url=redis_server.url,
-                   storage_url=f"file://{tmp_path / 'store'}",
-                   key_prefix=f"zqcomfy{uuid.uuid4().hex[:8]}")
 
 
 @pytest.fixture
