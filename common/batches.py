@@ -31,17 +31,16 @@ redis.call('SADD', KEYS[2], ARGV[2])
 return 1
 """
 
-# KEYS: batch hash, pending set, rows hash. ARGV: job id or '' (seal), now, ttl. Returns 1
-# when the batch finished now (sealed, nothing pending, not reported before); a finished
-# batch's records expire after the retention time (0 keeps them).
-_SETTLE = """
-if ARGV[1] ~= '' then redis.call('SREM', KEYS[2], ARGV[1]) else
-  redis.call('HSET', KEYS[1], 'sealed', 1) end
-if redis.call('HGET', KEYS[1], 'sealed') ~= '1' then return 0 end
+# KEYS: batch hash, pending set, rows hash. ARGV: now, ttl. Returns 1 when sealing finished
+# the batch (nothing pending, not reported before); a finished batch's records expire after
+# the retention time (0 keeps them). A job's end settles its batches in the job store's
+# ending script, the other way a batch finishes.
+_SEAL = """
+redis.call('HSET', KEYS[1], 'sealed', 1)
 if redis.call('SCARD', KEYS[2]) > 0 then return 0 end
-if redis.call('HSETNX', KEYS[1], 'finished_at', ARGV[2]) == 0 then return 0 end
-if tonumber(ARGV[3]) > 0 then
-  for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, ARGV[3]) end
+if redis.call('HSETNX', KEYS[1], 'finished_at', ARGV[1]) == 0 then return 0 end
+if tonumber(ARGV[2]) > 0 then
+  for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, ARGV[2]) end
 end
 return 1
 """
@@ -65,7 +64,7 @@ class BatchStore:
         self.prefix = prefix
         self.record_ttl_s = record_ttl_s
         self._add = client.register_script(_ADD)
-        self._settle = client.register_script(_SETTLE)
+        self._seal = client.register_script(_SEAL)
 
     def _key(self, batch_id: str, part: str = "") -> str:
         return f"{self.prefix}:batch:{batch_id}{part}"
@@ -112,11 +111,8 @@ class BatchStore:
 
     def seal(self, batch_id: str) -> bool:
         """Mark every row added; True if that finished the batch (all its jobs had ended)."""
-        return self._settle_one(batch_id, "")
-
-    def _settle_one(self, batch_id: str, job_id: str) -> bool:
         keys = [self._key(batch_id), self._key(batch_id, ":pending"), self._key(batch_id, ":rows")]
-        return bool(self._settle(keys=keys, args=[job_id, time.time(), self.record_ttl_s]))
+        return bool(self._seal(keys=keys, args=[time.time(), self.record_ttl_s]))
 
     def finished_at(self, batch_id: str) -> float | None:
         """When the batch's last job ended, or None while it runs."""
