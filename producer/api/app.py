@@ -9,6 +9,7 @@ from common.settings import Settings
 from producer.api import comfy_routes, comfy_ws
 from producer.api.auth import ApiKeys, RateLimiter
 from producer.api.limits import BodyLimit
+from producer.api.metrics import install_metrics
 from producer.api.problems import ApiProblem, install_handlers
 from producer.api.routes import router
 from producer.client import Client
@@ -55,5 +56,6 @@ def create_app(settings: Settings, client: Client | None = None,
     app.add_middleware(BodyLimit, limit_for=lambda path: (
         upload_limit if path.rstrip("/") in ("/v1/uploads", *comfy_routes.UPLOAD_PATHS)
         else JSON_LIMIT))
+    install_metrics(app)  # outermost: sees BodyLimit's 413s; GET /metrics
     install_handlers(app)
     return app

@@ -174,11 +174,44 @@ def test_network_policy_api_from_narrows_the_sources(helm) -> None:
     assert spec["ingress"] == [{
         "ports": [{"port": 8000, "protocol": "TCP"}],
         "from": [{"namespaceSelector": {"matchLabels": {
-            "kubernetes.io/metadata.name": "ingress-nginx"}}}]}]
+            "kubernetes.io/metadata.name": "ingress-nginx"}}}]}, PROMETHEUS_RULE]
     assert {"ports": [{"port": 6379, "protocol": "TCP"}]} in spec["egress"]  # external Redis
     disabled = render_values(helm, {**ENABLED, "networkPolicy": {"enabled": False}})
     assert not by_kind(disabled, "NetworkPolicy")
     assert NAME in by_kind(disabled, "Deployment")
+
+
+PROMETHEUS_RULE = {
+    "ports": [{"port": 8000, "protocol": "TCP"}],
+    "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+              "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]}
+
+
+def test_prometheus_scrapes_each_api_pod_like_the_workers(helm) -> None:
+    # GET /metrics is on the API port without a key: a PodMonitor (as for the workers) finds
+    # every replica, and Prometheus gets through however far apiFrom narrows the sources.
+    monitoring = {"monitoring": {"podMonitor": {"enabled": True}}}
+    api_from = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "edge"}}}]
+    objects = render_values(helm, {**ENABLED, **monitoring, "api": {**ENABLED["api"],
+                                                                    "port": 8080},
+                                   "networkPolicy": {"apiFrom": api_from}})
+    monitor = by_kind(objects, "PodMonitor")[NAME]
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["selector"]["matchLabels"] == (
+        by_kind(objects, "Deployment")[NAME]["spec"]["selector"]["matchLabels"])
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert (endpoint["port"], endpoint["path"]) == ("http", "/metrics")
+    assert {"targetLabel": "job", "replacement": "zq-api"} in endpoint["relabelings"]
+    assert "http" in {p["name"] for p in container(
+        by_kind(objects, "Deployment")[NAME])["ports"]}
+    ingress = by_kind(objects, "NetworkPolicy")[NAME]["spec"]["ingress"]
+    port = [{"port": 8080, "protocol": "TCP"}]
+    assert ingress == [{"ports": port, "from": api_from},
+                       {**PROMETHEUS_RULE, "ports": port}]
+    assert by_kind(objects, "PodMonitor").keys() == {NAME, "zq-zimage-queue-workers"}
+    # Off with the API or with the PodMonitors.
+    assert NAME not in by_kind(render_values(helm, monitoring), "PodMonitor")
+    assert not by_kind(render_values(helm, ENABLED), "PodMonitor")
 
 
 def test_api_values_leave_every_gpu_pod_alone(helm) -> None:

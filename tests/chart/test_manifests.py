@@ -288,7 +288,7 @@ def test_trial_redis_is_official_and_persistent(helm) -> None:
 
 def test_prometheus_operator_objects(helm) -> None:
     objects, _ = render("production-values.yaml")
-    (pod_monitor,) = by_kind(objects, "PodMonitor").values()
+    pod_monitor = by_kind(objects, "PodMonitor")["zq-zimage-queue-workers"]  # and the API's
     endpoint = pod_monitor["spec"]["podMetricsEndpoints"][0]
     assert endpoint["port"] == "metrics"
     assert {"targetLabel": "job", "replacement": "zq-worker"} in endpoint["relabelings"]
