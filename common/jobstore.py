@@ -25,8 +25,8 @@ from common.webhooks import WebhookOutbox, validate_webhook_url
 
 _TERMINAL_LUA = "{" + ", ".join(f"['{s.value}']=true" for s in TERMINAL) + "}"
 
-# KEYS: job, parent job, parent's children set, unpublished set
-# ARGV: spec json, now, job id, root id, turn
+# KEYS: job, parent job, parent's children set, unpublished set, conversation index
+# ARGV: spec json, now, job id, root id, turn, conversation index ttl s (0: none)
 _SUBMIT = f"""
 local terminal = {_TERMINAL_LUA}
 local existing = redis.call('HGET', KEYS[1], 'spec')
@@ -49,6 +49,8 @@ if KEYS[2] ~= '' then
 end
 redis.call('HSET', KEYS[1], 'spec', ARGV[1], 'status', status, 'created_at', ARGV[2],
            'root_id', ARGV[4], 'turn', ARGV[5], 'deliveries', 0)
+redis.call('ZADD', KEYS[5], 'NX', ARGV[2], ARGV[3])
+if tonumber(ARGV[6]) > 0 then redis.call('EXPIRE', KEYS[5], ARGV[6]) end
 if status == 'queued' then
   redis.call('HSET', KEYS[1], 'queued_at', ARGV[2])
   redis.call('ZADD', KEYS[4], ARGV[2], ARGV[3])
@@ -342,6 +344,9 @@ class JobStore:
     def _retry_key(self, model: ModelType) -> str:
         return f"{self.prefix}:retry:{model.value}"
 
+    def _conversation_key(self, conversation_id: str) -> str:
+        return f"{self.prefix}:conversation:{conversation_id}"
+
     def _ending_args(self, job_id: str) -> list[str | float | int]:
         return [self.prefix, "", time.time(), self.record_ttl_s, job_id]
 
@@ -361,15 +366,26 @@ class JobStore:
             self.job_key(spec.parent_id) if spec.parent_id else "",
             self._children_key(spec.parent_id) if spec.parent_id else "",
             self._unpublished_key(spec.model),
+            self._conversation_key(spec.conversation_id),
         ]
         spec_json = json.dumps(spec.to_dict(), sort_keys=True)
-        args: list[str | float | int] = [spec_json, time.time(), spec.job_id, root_id, turn]
+        # The index outlives the records it names (their TTL starts when they end);
+        # readers skip the ids whose records are gone.
+        index_ttl_s = 2 * self.record_ttl_s
+        args: list[str | float | int] = [spec_json, time.time(), spec.job_id, root_id, turn,
+                                         index_ttl_s]
         outcome, status = cast(list[str], self._submit(keys=keys, args=args))
         if outcome == "conflict":
             raise JobConflict(f"job {spec.job_id} exists with a different spec")
         if outcome == "no_parent":
             raise JobNotFound(f"parent job {spec.parent_id} is not known")
         return SubmitOutcome(JobStatus(status), created=outcome == "created")
+
+    def conversation_jobs(self, conversation_id: str, limit: int) -> list[str]:
+        """The ids of up to ``limit`` jobs submitted in a conversation, oldest first."""
+        ids = cast(list[str], self.redis.zrange(self._conversation_key(conversation_id),
+                                                0, limit - 1))
+        return list(ids)
 
     def get(self, job_id: str) -> JobRecord:
         """The job's record; ``JobNotFound`` if the id is unknown."""

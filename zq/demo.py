@@ -3,7 +3,8 @@
 With nothing configured it starts an embedded Redis server, keeps results in a local
 directory and builds tiny random-weight models, then runs three real worker
 processes (turbo, edit, base). With ``ZQ_REDIS_URL``, ``ZQ_STORAGE_URL`` and
-``ZQ_MODEL_*`` set it runs the same conversation against those instead.
+``ZQ_MODEL_*`` set it runs the same conversation against those instead. With ``--serve``
+it then keeps everything running behind the HTTP API and its conversation page.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,12 +23,14 @@ from typing import Any
 
 from PIL import Image
 
+from common.errors import ConfigError
 from common.job import ModelType
 from common.settings import Settings
 from common.status import JobRecord, JobStatus
 from producer.client import Client
 from producer.contact_sheet import Tile, contact_sheet
 from producer.conversation import Conversation
+from zq.exporter import port_number
 
 TURNS = (
     "a night view of a futuristic city",
@@ -44,6 +49,11 @@ def add_command(commands: Any) -> None:
                       help="side in pixels (default 256 on tiny models, 1024 on real ones)")
     demo.add_argument("--seed", type=int, default=42)
     demo.add_argument("--timeout", type=float, default=900.0)
+    demo.add_argument("--serve", action="store_true",
+                      help="then serve the conversation page (and the API) until Ctrl-C")
+    demo.add_argument("--port", type=port_number, default=8000,
+                      help="first port to try for --serve (default 8000; the next free one "
+                           "if taken)")
     demo.set_defaults(handler=run_demo)
 
 
@@ -138,6 +148,11 @@ def run_demo(args: argparse.Namespace) -> int:
         workers = start_workers(environment, out / "logs")
         records = wait_all(client, [t.job_id for t in chat.turns], workers, out / "logs",
                            args.timeout)
+        code = report(client, records, [TURNS[0], TURNS[1], TURNS[2], "HD redraw"], out)
+        if args.serve:
+            serve_page(client, args.port, chat.conversation_id)
+        else:
+            print("to continue it in a browser: zq demo --serve (the conversation page)")
     finally:
         for worker in workers:
             worker.terminate()
@@ -145,7 +160,55 @@ def run_demo(args: argparse.Namespace) -> int:
             worker.wait(60)
         for stop in environment.stoppers:
             stop()
-    return report(client, records, [TURNS[0], TURNS[1], TURNS[2], "HD redraw"], out)
+    return code
+
+
+def serve_page(client: Client, first_port: int, conversation_id: str) -> None:
+    """Serve the API and its conversation page on loopback until Ctrl-C or SIGTERM."""
+    try:
+        import uvicorn
+
+        from producer.api.app import create_app
+        from producer.api.auth import ApiKeys
+    except ImportError as exc:  # installed without the api extra
+        raise ConfigError(f"zq demo --serve needs the api extra "
+                          f"(pip install 'zimage-queue[api]'): {exc}") from None
+    listener = bind_loopback(first_port)
+    port = listener.getsockname()[1]
+    print(f"conversation page: http://127.0.0.1:{port}/#c={conversation_id} "
+          "(Ctrl-C stops the demo)", flush=True)
+    # Loopback only and no keys: the page is for the person at this machine.
+    app = create_app(client.settings, client, ApiKeys())
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    # uvicorn stops on SIGINT/SIGTERM, then raises the signal again with the handler it
+    # found: make that an interrupt we catch, so the caller still stops the workers.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        server.run(sockets=[listener])
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print("stopped serving; stopping the workers", flush=True)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def bind_loopback(first_port: int, tries: int = 20) -> socket.socket:
+    """A listening socket on 127.0.0.1 at ``first_port`` or the next free port after it."""
+    for port in range(first_port, min(first_port + tries, 65536)):
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            listener.bind(("127.0.0.1", port))
+        except OSError:
+            listener.close()
+            continue
+        listener.listen(128)
+        return listener
+    raise ConfigError(f"--port: no free port in {first_port}-{first_port + tries - 1}")
 
 
 def report(client: Client, records: list[JobRecord], captions: list[str], out: Path) -> int:

@@ -6,7 +6,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from common.settings import Settings
-from producer.api import comfy_routes, comfy_ws
+from producer.api import comfy_routes, comfy_ws, page_routes
 from producer.api.auth import ApiKeys, RateLimiter
 from producer.api.limits import BodyLimit
 from producer.api.metrics import install_metrics
@@ -52,6 +52,7 @@ def create_app(settings: Settings, client: Client | None = None,
     app.include_router(router, dependencies=[Depends(guard)])
     app.include_router(comfy_routes.router, dependencies=[Depends(guard)])
     app.include_router(comfy_ws.router)  # checks keys itself: guard reads a Request
+    app.include_router(page_routes.router)  # public files; what they show needs a key
     upload_limit = settings.max_input_bytes + UPLOAD_SLACK
     app.add_middleware(BodyLimit, limit_for=lambda path: (
         upload_limit if path.rstrip("/") in ("/v1/uploads", *comfy_routes.UPLOAD_PATHS)

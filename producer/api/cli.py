@@ -35,7 +35,7 @@ def run_api(client: Client, args: argparse.Namespace) -> int:
                           f"{KEYS_ENV}), so zq api binds only a loopback address, not "
                           f"{args.host!r}")
     app = create_app(client.settings, client, keys)
-    print(f"zq api on http://{args.host}:{args.port} (docs at /docs, auth "
-          f"{'on' if keys.enabled else 'off'})", flush=True)
+    print(f"zq api on http://{args.host}:{args.port} (conversation page at /, docs at /docs, "
+          f"auth {'on' if keys.enabled else 'off'})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0

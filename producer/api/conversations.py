@@ -1,36 +1,18 @@
-"""Conversations submitted through the API: an index of their jobs and the tree of turns."""
+"""A conversation's turns as a tree, from the job store's index of its jobs."""
 
 from __future__ import annotations
 
-import time
-from typing import Any, cast
+from typing import Any
 
 from common.errors import JobNotFound
-from common.job import JobSpec
 from producer.client import Client
 
 MAX_TURNS = 1000
 
 
-def _key(client: Client, conversation_id: str) -> str:
-    return f"{client.settings.key_prefix}:api:conversation:{conversation_id}"
-
-
-def remember(client: Client, spec: JobSpec) -> None:
-    """Index a job under its conversation; the index lives as long as job records do."""
-    key = _key(client, spec.conversation_id)
-    pipe = client.jobs.redis.pipeline()
-    pipe.zadd(key, {spec.job_id: time.time()}, nx=True)
-    if client.settings.record_ttl_s:
-        pipe.expire(key, client.settings.record_ttl_s)
-    pipe.execute()
-
-
 def tree(client: Client, conversation_id: str) -> dict[str, Any]:
     """The conversation's turns nested by parent; ``JobNotFound`` if none is known."""
-    found = cast(list[str], client.jobs.redis.zrange(_key(client, conversation_id),
-                                                     0, MAX_TURNS - 1))
-    ids = list(found)
+    ids = client.jobs.conversation_jobs(conversation_id, MAX_TURNS)
     if conversation_id not in ids:
         ids.insert(0, conversation_id)  # a job's own conversation is named after it
     nodes: dict[str, dict[str, Any]] = {}

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response, Streamin
 from starlette.concurrency import run_in_threadpool
 
 from common.errors import InvalidJob, JobFailed
+from common.layout import CONTENT_TYPES
 from common.storage import LocalStore
 from producer.api import conversations
 from producer.api.events import job_events
@@ -47,7 +48,6 @@ def _submit(client: Client, body: dict[str, Any], key: str | None) -> tuple[dict
     # Two replicas racing on one new key may both answer 201; the job is still one job.
     existed = bool(client.jobs.redis.exists(client.jobs.job_key(spec.job_id)))
     client.submit(spec, webhook)
-    conversations.remember(client, spec)
     return client.status(spec.job_id).to_public(), not existed
 
 
@@ -69,16 +69,20 @@ def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
     302: {"description": "redirect to a presigned URL (S3)"},
     200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}, **_ERRORS},
     response_model=None)
-def get_image(job_id: str, request: Request) -> Response:
-    """The finished image: a redirect to a presigned URL, or the bytes on local storage."""
+def get_image(job_id: str, request: Request, redirect: bool = True) -> Response:
+    """The finished image: a redirect to a presigned URL, or the bytes on local storage.
+
+    ``redirect=false`` streams the bytes through the API whatever the storage, for
+    callers that cannot follow a cross-origin redirect with their credentials (a page).
+    """
     client = _client(request)
     record = client.status(job_id)
     if record.image is None:
         raise JobFailed(f"job {job_id} has no image ({record.status.value})")
-    if isinstance(client.store, LocalStore):
-        media = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
+    if isinstance(client.store, LocalStore) or not redirect:
         return Response(client.store.get(record.image),
-                        media_type=media.get(record.image.rsplit(".", 1)[-1]))
+                        media_type=CONTENT_TYPES[record.spec.output_format],
+                        headers={"Cache-Control": "private, max-age=86400"})
     return RedirectResponse(client.store.url(record.image, client.settings.presign_expiry_s),
                             status_code=302)
 
@@ -120,5 +124,5 @@ async def upload(request: Request, file: UploadFile = File(...),  # noqa: B008
 
 @router.get("/conversations/{conversation_id}", responses=_ERRORS)
 def get_conversation(conversation_id: str, request: Request) -> dict[str, Any]:
-    """The conversation's turns as a tree (jobs submitted through this API)."""
+    """The conversation's turns as a tree: every job submitted in it, by any producer."""
     return conversations.tree(_client(request), conversation_id)

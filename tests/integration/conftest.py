@@ -14,11 +14,14 @@ from urllib.parse import urlparse
 import boto3
 import pytest
 from botocore.config import Config
+from fastapi.testclient import TestClient
 
 from common.audit import audit_log
 from common.layout import job_prefix
 from common.settings import Settings
 from common.status import JobRecord
+from producer.api.app import create_app
+from producer.api.auth import ApiKeys
 from producer.client import Client
 from tests.conftest import require
 from tests.integration.cluster import Cluster
@@ -172,3 +175,9 @@ def settings(redis_server: RedisServer, tmp_path: Path) -> Settings:
     return replace(Settings(), redis_url=redis_server.url,
                    storage_url=f"file://{tmp_path / 'store'}",
                    key_prefix=f"zqt{uuid.uuid4().hex[:8]}")
+
+
+def in_process_api(settings: Settings, client: Client) -> Iterator[TestClient]:
+    """The API app without keys (loopback use), served in process for one test."""
+    with TestClient(create_app(settings, client, ApiKeys())) as test_client:
+        yield test_client

@@ -20,6 +20,7 @@ from producer.api.app import create_app
 from producer.api.auth import ApiKeys
 from producer.api.metrics import UNMATCHED, route_template
 from producer.client import Client
+from tests.integration.conftest import in_process_api
 
 pytestmark = pytest.mark.integration
 GOOD = {"prompt": "a lantern", "width": 64, "height": 64}
@@ -27,16 +28,9 @@ EVENTS = "/v1/jobs/{job_id}/events"
 
 
 @pytest.fixture
-def client(settings: Settings) -> Client:
-    """A queue client on the test's Redis and file store."""
-    return Client(settings)
-
-
-@pytest.fixture
-def api(settings: Settings, client: Client) -> Iterator[TestClient]:
-    """The API without keys (loopback use)."""
-    with TestClient(create_app(settings, client, ApiKeys())) as test_client:
-        yield test_client
+def api(settings: Settings) -> Iterator[TestClient]:
+    """The API without keys (loopback use), on the test's Redis and file store."""
+    yield from in_process_api(settings, Client(settings))
 
 
 def scrape(api: TestClient, headers: dict[str, str] | None = None) -> dict[tuple[Any, ...], float]:
@@ -94,7 +88,8 @@ def test_requests_are_counted_by_route_template_and_status(api: TestClient) -> N
     assert value(again, total, method="GET", route="/metrics", status="200") == 1
 
 
-def test_metrics_need_no_key_when_keys_are_set(settings: Settings, client: Client) -> None:
+def test_metrics_need_no_key_when_keys_are_set(settings: Settings) -> None:
+    client = Client(settings)
     app = create_app(settings, client, ApiKeys.from_lines(["secret"]))
     with TestClient(app) as locked:
         assert locked.get("/v1/jobs/x").status_code == 401
@@ -106,7 +101,8 @@ def test_metrics_need_no_key_when_keys_are_set(settings: Settings, client: Clien
     assert other.state.metrics.registry is not app.state.metrics.registry
 
 
-def test_sse_stream_still_streams(api: TestClient, client: Client) -> None:
+def test_sse_stream_still_streams(api: TestClient) -> None:
+    client: Client = api.app.state.client  # type: ignore[attr-defined]
     job_id = api.post("/v1/jobs", json=GOOD).json()["job_id"]
     app: Any = api.app
     registry = app.state.metrics.registry

@@ -23,6 +23,7 @@ from producer.api.app import create_app
 from producer.api.auth import ApiKeys
 from producer.client import Client
 from tests.integration.cluster import Cluster
+from tests.integration.conftest import in_process_api
 from tests.integration.test_api_server import Api
 from tests.unit.comfy_workflows import ARTICLE, inpaint, masked_edit
 from zq.processes import stop
@@ -40,8 +41,7 @@ def client(settings: Settings) -> Client:
 @pytest.fixture
 def api(settings: Settings, client: Client) -> Iterator[TestClient]:
     """The app without keys (loopback use)."""
-    with TestClient(create_app(settings, client, ApiKeys())) as test_client:
-        yield test_client
+    yield from in_process_api(settings, client)
 
 
 def png(side: int = 64, mode: str = "RGB", colour: Any = "red") -> bytes:

@@ -163,6 +163,19 @@ def view(server: Api, image: dict[str, str]) -> bytes:
     return data
 
 
+def finished_job(server: Api, client: Client, prompt_id: str, seen: list[Message],
+                 sampler: str, steps: int) -> tuple[JobRecord, bytes]:
+    """Check the messages, history and /view of a prompt; its succeeded job and image bytes."""
+    image = check_messages(seen, sampler=sampler, output="9", steps=steps)
+    assert history_image(server, prompt_id, "9") == image
+    data = view(server, image)
+    with Image.open(io.BytesIO(data)) as result:
+        assert result.format == "PNG" and result.size == (SIDE, SIDE)
+    record = the_job(client, image)
+    assert record.status is JobStatus.SUCCEEDED
+    return record, data
+
+
 def the_job(client: Client, image: dict[str, str]) -> JobRecord:
     """The job whose image ``/view`` shows as ``image`` (``{job_id}.png``)."""
     return client.status(image["filename"].removesuffix(".png"))
@@ -174,14 +187,7 @@ def test_zimage_template_through_a_real_worker(cluster: Cluster, server: Api,
     worker = cluster.start(ModelType.TURBO)
     prompt_id, seen = follow(server, tiny(TEMPLATE), "template-client")
 
-    image = check_messages(seen, sampler="3", output="9", steps=STEPS)
-    assert history_image(server, prompt_id, "9") == image
-    data = view(server, image)
-    with Image.open(io.BytesIO(data)) as result:
-        assert result.format == "PNG" and result.size == (SIDE, SIDE)
-
-    record = the_job(client, image)
-    assert record.status is JobStatus.SUCCEEDED
+    record, data = finished_job(server, client, prompt_id, seen, sampler="3", steps=STEPS)
     assert client.store.get(str(record.image)) == data
     spec = record.spec
     assert (spec.kind, spec.model) == (JobKind.GENERATE, ModelType.TURBO)
@@ -240,14 +246,7 @@ def test_masked_edit_of_an_upload_through_a_real_worker(
     # ComfyUI runs 2 steps of a schedule stretched to 2 / 0.4 = 5: the job asks for 5 steps
     # at strength 0.4, and samples the last 2 of them.
     sampled = int(5 * 0.4)
-    image = check_messages(seen, sampler="5", output="9", steps=sampled)
-    assert history_image(server, prompt_id, "9") == image
-    data = view(server, image)
-    with Image.open(io.BytesIO(data)) as result:
-        assert result.format == "PNG" and result.size == (SIDE, SIDE)
-
-    record = the_job(client, image)
-    assert record.status is JobStatus.SUCCEEDED
+    record, _ = finished_job(server, client, prompt_id, seen, sampler="5", steps=sampled)
     spec = record.spec
     assert (spec.kind, spec.model) == (JobKind.EDIT, ModelType.EDIT)
     assert (spec.strength, spec.steps, spec.guidance) == (0.4, 5, 0.0)
