@@ -16,17 +16,27 @@ from typing import Any, cast
 
 import redis
 
-from common.status import TERMINAL
+from common.push import batch_channel
+from common.status import TERMINAL, JobStatus
 
 _TERMINAL_LUA = "{" + ", ".join(f"['{s.value}']=true" for s in TERMINAL) + "}"
+_ENDED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
-# KEYS: job, pending set, job's batch set. ARGV: batch id, job id
-# Adds a job to a batch; a job that already ended is not pending.
+# KEYS: job, pending set, job's batch set, batch hash. ARGV: batch id, job id, progress channel
+# Adds a job to a batch; a job that already ended is not pending, and is counted here
+# (once: only when it joins), the way the job store's ending script counts the others.
 _ADD = f"""
 local terminal = {_TERMINAL_LUA}
-redis.call('SADD', KEYS[3], ARGV[1])
+local joined = redis.call('SADD', KEYS[3], ARGV[1])
 local status = redis.call('HGET', KEYS[1], 'status')
-if status and terminal[status] then return 0 end
+if status and terminal[status] then
+  if joined == 1 then
+    redis.call('HINCRBY', KEYS[4], 'jobs_ended', 1)
+    redis.call('HINCRBY', KEYS[4], 'jobs_' .. status, 1)
+    redis.call('PUBLISH', ARGV[3], ARGV[2])
+  end
+  return 0
+end
 redis.call('SADD', KEYS[2], ARGV[2])
 return 1
 """
@@ -54,6 +64,16 @@ class BatchRow:
     sku: str
     job_id: str | None
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    """Counts of a batch's distinct jobs that have ended (rows sharing a job count once)."""
+
+    ended: int
+    succeeded: int
+    failed: int
+    cancelled: int
 
 
 class BatchStore:
@@ -100,8 +120,9 @@ class BatchStore:
         self.redis.hset(self._key(batch_id, ":rows"), str(row.line), payload)
         if row.job_id is not None:
             keys = [f"{self.prefix}:job:{row.job_id}", self._key(batch_id, ":pending"),
-                    self._job_batches(row.job_id)]
-            self._add(keys=keys, args=[batch_id, row.job_id])
+                    self._job_batches(row.job_id), self._key(batch_id)]
+            self._add(keys=keys, args=[batch_id, row.job_id,
+                                       batch_channel(self.prefix, batch_id)])
 
     def rows(self, batch_id: str) -> list[BatchRow]:
         """Every recorded row, in manifest order."""
@@ -113,6 +134,21 @@ class BatchStore:
         """Mark every row added; True if that finished the batch (all its jobs had ended)."""
         keys = [self._key(batch_id), self._key(batch_id, ":pending"), self._key(batch_id, ":rows")]
         return bool(self._seal(keys=keys, args=[time.time(), self.record_ttl_s]))
+
+    def progress(self, batch_id: str) -> BatchProgress:
+        """How many of the batch's distinct jobs have ended, by status; O(1).
+
+        Kept by the scripts that add rows and end jobs, in the same atomic step; each
+        change is also published on :func:`common.push.batch_channel` with the job's id.
+        """
+        values = cast(list[str | None], self.redis.hmget(
+            self._key(batch_id), ["jobs_ended", *(f"jobs_{s.value}" for s in _ENDED)]))
+        ended, succeeded, failed, cancelled = (int(v or 0) for v in values)
+        return BatchProgress(ended, succeeded, failed, cancelled)
+
+    def channel(self, batch_id: str) -> str:
+        """The pub/sub channel naming each of the batch's jobs as it ends."""
+        return batch_channel(self.prefix, batch_id)
 
     def finished_at(self, batch_id: str) -> float | None:
         """When the batch's last job ended, or None while it runs."""

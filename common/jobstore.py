@@ -18,21 +18,26 @@ from typing import cast
 import redis
 
 from common.batches import BatchStore
-from common.errors import JobConflict, JobNotFound
+from common.errors import InvalidJob, JobConflict, JobNotFound
 from common.job import JobSpec, ModelType
 from common.status import TERMINAL, JobRecord, JobStatus
 from common.webhooks import WebhookOutbox, validate_webhook_url
 
-_TERMINAL_LUA = "{" + ", ".join(f"['{s.value}']=true" for s in TERMINAL) + "}"
+# Sorted: a set's order follows PYTHONHASHSEED, and a script whose text differed per
+# process would be loaded (and kept) by Redis once per process.
+_TERMINAL_LUA = "{" + ", ".join(f"['{name}']=true"
+                                for name in sorted(s.value for s in TERMINAL)) + "}"
 
 # KEYS: job, parent job, parent's children set, unpublished set, conversation index
-# ARGV: spec json, now, job id, root id, turn, conversation index ttl s (0: none)
+# ARGV: spec json, now, job id, root id, turn, conversation index ttl s (0: none), model
+# Returns {outcome, status, '1' if the job's message is owed (in the unpublished set)}.
 _SUBMIT = f"""
 local terminal = {_TERMINAL_LUA}
 local existing = redis.call('HGET', KEYS[1], 'spec')
 if existing then
   if existing ~= ARGV[1] then return {{'conflict', ''}} end
-  return {{'exists', redis.call('HGET', KEYS[1], 'status')}}
+  local owed = redis.call('ZSCORE', KEYS[4], ARGV[3]) and '1' or '0'
+  return {{'exists', redis.call('HGET', KEYS[1], 'status'), owed}}
 end
 local status = 'queued'
 local reason = ''
@@ -47,38 +52,53 @@ if KEYS[2] ~= '' then
     redis.call('SADD', KEYS[3], ARGV[3])
   end
 end
-redis.call('HSET', KEYS[1], 'spec', ARGV[1], 'status', status, 'created_at', ARGV[2],
-           'root_id', ARGV[4], 'turn', ARGV[5], 'deliveries', 0)
-redis.call('ZADD', KEYS[5], 'NX', ARGV[2], ARGV[3])
-if tonumber(ARGV[6]) > 0 then redis.call('EXPIRE', KEYS[5], ARGV[6]) end
+local fields = {{'spec', ARGV[1], 'status', status, 'created_at', ARGV[2], 'root_id', ARGV[4],
+                'turn', ARGV[5], 'deliveries', 0, 'model', ARGV[7]}}
 if status == 'queued' then
-  redis.call('HSET', KEYS[1], 'queued_at', ARGV[2])
+  table.insert(fields, 'queued_at')
+  table.insert(fields, ARGV[2])
   redis.call('ZADD', KEYS[4], ARGV[2], ARGV[3])
 elseif status == 'failed' then
-  redis.call('HSET', KEYS[1], 'error', reason, 'error_code', 'parent_failed',
-             'finished_at', ARGV[2])
+  for _, v in ipairs({{'error', reason, 'error_code', 'parent_failed', 'finished_at', ARGV[2]}}) do
+    table.insert(fields, v)
+  end
 end
-return {{'created', status}}
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('ZADD', KEYS[5], 'NX', ARGV[2], ARGV[3])
+if tonumber(ARGV[6]) > 0 then redis.call('EXPIRE', KEYS[5], ARGV[6]) end
+return {{'created', status, status == 'queued' and '1' or '0'}}
 """
 
-# KEYS: job, lease, running set. ARGV: worker id, lease ttl s, max deliveries, now, job id
-# A job put back for a later retry (``not_before``) is not taken early: the retry
-# schedule publishes it again when it is due.
+# KEYS: job, lease. ARGV: worker id, lease ttl s, max deliveries, now, job id, prefix,
+# the claiming worker's model ('' = any).
+# Claims by id alone (a worker reads nothing first): the record comes back with the
+# outcomes that need it. A job put back for a later retry (``not_before``) is not taken
+# early: the retry schedule publishes it again when it is due.
 _CLAIM = f"""
 local terminal = {_TERMINAL_LUA}
-local status = redis.call('HGET', KEYS[1], 'status')
+local found = redis.call('HMGET', KEYS[1], 'status', 'not_before', 'model')
+local status, not_before, model = found[1], found[2], found[3]
 if not status then return {{'unknown'}} end
 if terminal[status] then return {{'done'}} end
+if not model then  -- a record from before the model had its own field
+  model = cjson.decode(redis.call('HGET', KEYS[1], 'spec')).model
+end
+if ARGV[7] ~= '' and model ~= ARGV[7] then
+  return {{'wrong_model', unpack(redis.call('HGETALL', KEYS[1]))}}
+end
 if status == 'waiting' then return {{'waiting'}} end
 if status == 'running' and redis.call('EXISTS', KEYS[2]) == 1 then return {{'busy'}} end
-local not_before = tonumber(redis.call('HGET', KEYS[1], 'not_before') or '0')
-if status == 'queued' and not_before > tonumber(ARGV[4]) then return {{'later'}} end
+if status == 'queued' and tonumber(not_before or '0') > tonumber(ARGV[4]) then
+  return {{'later'}}
+end
 local deliveries = redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
-if deliveries > tonumber(ARGV[3]) then return {{'poison'}} end
+if deliveries > tonumber(ARGV[3]) then
+  return {{'poison', unpack(redis.call('HGETALL', KEYS[1]))}}
+end
 redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'started_at', ARGV[4],
            'step', 0)
 redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
-redis.call('SADD', KEYS[3], ARGV[5])
+redis.call('SADD', ARGV[6] .. ':running:' .. model, ARGV[5])
 return {{'claimed', unpack(redis.call('HGETALL', KEYS[1]))}}
 """
 
@@ -98,6 +118,7 @@ local function owe_webhook(kind, id, url)
              'delivery_id', string.sub(redis.sha1hex(member .. ':' .. now), 1, 32),
              'status', 'pending', 'attempts', 0, 'created_at', now, 'next_attempt_at', now)
   redis.call('ZADD', prefix .. ':webhooks:due', now, member)
+  redis.call('PUBLISH', prefix .. ':webhooks:wake', member)
 end
 
 local function expire(key)
@@ -106,9 +127,18 @@ end
 
 local function settle_batches(id)
   local index = prefix .. ':jobbatches:' .. id
-  for _, batch in ipairs(redis.call('SMEMBERS', index)) do
+  local batches = redis.call('SMEMBERS', index)
+  if #batches == 0 then return end  -- most jobs belong to no batch
+  local status = redis.call('HGET', job_key(id), 'status') or 'unknown'
+  for _, batch in ipairs(batches) do
     local key = prefix .. ':batch:' .. batch
-    redis.call('SREM', key .. ':pending', id)
+    -- Counted once per job (the SREM says whether this end is news), so a follower
+    -- checks the batch in O(1) and reads only the jobs named on the channel.
+    if redis.call('SREM', key .. ':pending', id) == 1 then
+      redis.call('HINCRBY', key, 'jobs_ended', 1)
+      redis.call('HINCRBY', key, 'jobs_' .. status, 1)
+      redis.call('PUBLISH', prefix .. ':batch-progress:' .. batch, id)
+    end
     if redis.call('HGET', key, 'sealed') == '1' and redis.call('SCARD', key .. ':pending') == 0
         and redis.call('HSETNX', key, 'finished_at', now) == 1 then
       local ok, meta = pcall(cjson.decode, redis.call('HGET', key, 'meta') or 'null')
@@ -129,9 +159,10 @@ end
 -- The record of ``id`` has just become terminal.
 local function ended(id)
   settle_batches(id)
-  local url = redis.call('HGET', job_key(id), 'webhook')
-  if url then owe_webhook('job', id, url) end
+  local found = redis.call('HMGET', job_key(id), 'webhook', 'status')
+  if found[1] then owe_webhook('job', id, found[1]) end
   expire(job_key(id))
+  redis.call('PUBLISH', prefix .. ':ended:' .. id, found[2] or '')
 end
 
 -- Waiting children of a job that succeeded go to queued, into their model's unpublished
@@ -139,7 +170,8 @@ end
 local function release_children(id)
   local released = {}
   local key = prefix .. ':children:' .. id
-  for _, child in ipairs(redis.call('SMEMBERS', key)) do
+  local children = redis.call('SMEMBERS', key)
+  for _, child in ipairs(children) do
     local child_key = job_key(child)
     if redis.call('HGET', child_key, 'status') == 'waiting' then
       local spec = cjson.decode(redis.call('HGET', child_key, 'spec'))
@@ -148,7 +180,7 @@ local function release_children(id)
       table.insert(released, child)
     end
   end
-  redis.call('DEL', key)
+  if #children > 0 then redis.call('DEL', key) end
   return released
 end
 
@@ -180,11 +212,13 @@ end
 _FINISH = """
 local prefix, now, ttl = ARGV[1], ARGV[3], tonumber(ARGV[4])
 """ + _ENDING_LIB + """
-local status = redis.call('HGET', KEYS[1], 'status')
+local found = redis.call('HMGET', KEYS[1], 'status', 'not_before')
+local status = found[1]
 if not status or terminal[status] then return false end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', now)
-for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('HDEL', KEYS[1], 'not_before')
+local fields = {'status', ARGV[2], 'finished_at', now}
+for i = 7, #ARGV do table.insert(fields, ARGV[i]) end
+redis.call('HSET', KEYS[1], unpack(fields))
+if found[2] then redis.call('HDEL', KEYS[1], 'not_before') end
 redis.call('DEL', KEYS[2])
 redis.call('SREM', KEYS[3], ARGV[5])
 local released, failed = {}, {}
@@ -298,6 +332,8 @@ class SubmitOutcome:
 
     status: JobStatus
     created: bool
+    # The job's message is owed: queued and not yet published (or not known to be).
+    unpublished: bool = False
 
 
 class JobStore:
@@ -373,19 +409,27 @@ class JobStore:
         # readers skip the ids whose records are gone.
         index_ttl_s = 2 * self.record_ttl_s
         args: list[str | float | int] = [spec_json, time.time(), spec.job_id, root_id, turn,
-                                         index_ttl_s]
-        outcome, status = cast(list[str], self._submit(keys=keys, args=args))
+                                         index_ttl_s, spec.model.value]
+        outcome, status, *owed = cast(list[str], self._submit(keys=keys, args=args))
         if outcome == "conflict":
             raise JobConflict(f"job {spec.job_id} exists with a different spec")
         if outcome == "no_parent":
             raise JobNotFound(f"parent job {spec.parent_id} is not known")
-        return SubmitOutcome(JobStatus(status), created=outcome == "created")
+        return SubmitOutcome(JobStatus(status), created=outcome == "created",
+                             unpublished=owed == ["1"])
 
     def conversation_jobs(self, conversation_id: str, limit: int) -> list[str]:
         """The ids of up to ``limit`` jobs submitted in a conversation, oldest first."""
         ids = cast(list[str], self.redis.zrange(self._conversation_key(conversation_id),
                                                 0, limit - 1))
         return list(ids)
+
+    def model_of(self, job_id: str) -> ModelType:
+        """The job's model type, reading one field; ``JobNotFound`` if the id is unknown."""
+        model = cast(str | None, self.redis.hget(self.job_key(job_id), "model"))
+        if model is None:  # unknown, or a record from before the field existed
+            return self.get(job_id).spec.model
+        return ModelType(model)
 
     def get(self, job_id: str) -> JobRecord:
         """The job's record; ``JobNotFound`` if the id is unknown."""
@@ -447,17 +491,29 @@ class JobStore:
         """Try to take the job: ``claimed`` with the record as claimed, or why not.
 
         The other outcomes are ``done``, ``waiting``, ``busy``, ``later`` (a retry that is
-        not due yet), ``poison`` and ``unknown``.
+        not due yet), ``poison`` (with the record) and ``unknown``.
         """
-        keys = [self.job_key(spec.job_id), self._lease_key(spec.job_id),
-                self._running_key(spec.model)]
+        return self.claim_by_id(spec.job_id, worker_id, lease_ttl_s, max_deliveries,
+                                spec.model)
+
+    def claim_by_id(self, job_id: str, worker_id: str, lease_ttl_s: int, max_deliveries: int,
+                    model: ModelType | None = None) -> Claim:
+        """``claim`` in one round trip from the id a message carries, reading nothing first.
+
+        With ``model``, a job of another model type is not taken: ``wrong_model``, with
+        the record (so the caller can send it on to its own queue).
+        """
+        keys = [self.job_key(job_id), self._lease_key(job_id)]
         args: list[str | float | int] = [worker_id, lease_ttl_s, max_deliveries, time.time(),
-                                         spec.job_id]
+                                         job_id, self.prefix, model.value if model else ""]
         outcome, *flat = cast(list[str], self._claim(keys=keys, args=args))
         if not flat:
             return Claim(outcome)
         fields = dict(zip(flat[::2], flat[1::2], strict=True))
-        return Claim(outcome, JobRecord.from_hash(fields))
+        try:
+            return Claim(outcome, JobRecord.from_hash(fields))
+        except (ValueError, KeyError, TypeError) as exc:  # InvalidJob is a ValueError
+            raise InvalidJob("spec", f"a readable job record ({exc})") from None
 
     def renew_lease(self, job_id: str, worker_id: str, lease_ttl_s: int) -> None:
         """Keep the lease alive while the job runs (a heartbeat thread calls this)."""
@@ -481,11 +537,15 @@ class JobStore:
         Released children are in the unpublished set: publish them next (if this
         process dies first, the recovery loop does).
         """
-        keys = [self.job_key(spec.job_id), self._lease_key(spec.job_id),
-                self._running_key(spec.model)]
-        args = self._ending_args(spec.job_id)
+        return self.finish_by_id(spec.job_id, spec.model, status, descendants_error, **fields)
+
+    def finish_by_id(self, job_id: str, model: ModelType, status: JobStatus,
+                     descendants_error: str = "", **fields: str) -> Ending | None:
+        """``finish`` without the spec (a record whose spec cannot be read)."""
+        keys = [self.job_key(job_id), self._lease_key(job_id), self._running_key(model)]
+        args = self._ending_args(job_id)
         args[1] = status.value
-        args.append(descendants_error or f"parent {status.value}: job {spec.job_id}")
+        args.append(descendants_error or f"parent {status.value}: job {job_id}")
         for name, value in fields.items():
             args += [name, value]
         ending = self._finish(keys=keys, args=args)

@@ -111,7 +111,12 @@ def publish_jobs(app: Celery, jobs: JobStore, job_ids: list[str],
     A crash between recording a job and publishing it leaves the job in the
     unpublished set, where a worker's recovery loop finds and publishes it.
     """
-    for job_id in job_ids:
-        spec = jobs.get(job_id).spec
+    publish_specs(app, jobs, [jobs.get(job_id).spec for job_id in job_ids], priority)
+
+
+def publish_specs(app: Celery, jobs: JobStore, specs: list[JobSpec],
+                  priority: int | None = None) -> None:
+    """``publish_jobs`` for specs already in hand (no record read)."""
+    for spec in specs:
         publish(app, spec, priority)
         jobs.mark_published(spec)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import time
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,11 +24,13 @@ import redis
 from common.batches import BatchRow
 from common.errors import InvalidJob, JobNotFound, ServiceUnavailable
 from common.job import JobKind, JobSpec, new_job
-from common.status import JobStatus
+from common.push import Subscription, webhook_wake_channel
+from common.status import TERMINAL, JobStatus
 from producer.client import Client, StagedInput
 from producer.manifest import ManifestRow, ReadOptions, RowError, read_manifest
 
 BULK_PRIORITY = 2
+_TERMINAL_VALUES = frozenset(status.value for status in TERMINAL)
 MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
 # Errors that mean Redis is gone: every further row would fail the same way.
 UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, kombu.exceptions.OperationalError)
@@ -106,6 +109,9 @@ class Batches:
                     jobs += 1
             if self.store.seal(batch_id):
                 self.client.jobs.batch_finished(batch_id)
+                # Owed outside the ending script, which is what wakes the dispatcher.
+                self.client.jobs.redis.publish(
+                    webhook_wake_channel(self.client.jobs.prefix), batch_id)
         except UNREACHABLE as exc:
             raise ServiceUnavailable(
                 f"Redis unreachable after {jobs + len(errors)} of {len(read.rows)} rows of "
@@ -200,6 +206,91 @@ class Batches:
                 self.client.cancel(result.job_id)
                 cancelled += 1
         return cancelled
+
+
+class BatchWatch:
+    """A batch's rows kept current by its pub/sub channel: O(changes) per update.
+
+    Every row is read once, when opened (after subscribing, so no end falls between);
+    then each ``update`` reads only the jobs the channel named, plus an O(1) look at the
+    batch's counters that catches a lost message. Every ``sweep_s`` the jobs that have
+    not ended are read again, which keeps queued/running current (those changes are not
+    published) and is the fallback should the counters be missing (older batches).
+    """
+
+    def __init__(self, batches: Batches, batch_id: str, sweep_s: float = 5.0) -> None:
+        self.batches = batches
+        self.batch_id = batch_id
+        self.sweep_s = sweep_s
+        self.subscription = Subscription(batches.client.jobs.redis,
+                                         [batches.store.channel(batch_id)])
+        self.results: list[RowResult] = []
+        self.counts: Counter[str] = Counter()
+        self._rows_of: dict[str, list[int]] = {}
+        self._ended: set[str] = set()
+        self._last_sweep = 0.0
+
+    def __enter__(self) -> BatchWatch:
+        self.subscription.open()
+        try:
+            self._load()
+        except BaseException:
+            self.subscription.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.subscription.close()
+
+    def _load(self) -> None:
+        self.results = self.batches.results_light(self.batch_id)
+        self.counts = Counter(result.status for result in self.results)
+        self._rows_of, self._ended = {}, set()
+        for index, result in enumerate(self.results):
+            if result.job_id is not None:
+                self._rows_of.setdefault(result.job_id, []).append(index)
+                if result.status in _TERMINAL_VALUES:
+                    self._ended.add(result.job_id)
+        self._last_sweep = time.monotonic()
+
+    def update(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for jobs of the batch to end; apply what changed."""
+        messages = self.subscription.wait(timeout_s)
+        if messages is None:  # the connection dropped: ends may have gone unheard
+            self._sweep()
+            return
+        progress = self.batches.store.progress(self.batch_id)
+        # An end counted before the read above was published before it too: collect it.
+        messages += self.subscription.wait(0.0) or []
+        self._read({job_id for _, job_id in messages})
+        if (progress.ended > len(self._ended)
+                or time.monotonic() - self._last_sweep >= self.sweep_s):
+            self._sweep()
+
+    def _sweep(self) -> None:
+        self._last_sweep = time.monotonic()
+        self._read(set(self._rows_of) - self._ended)
+
+    def _read(self, job_ids: set[str]) -> None:
+        """Re-read the rows of ``job_ids`` (one round trip) and adjust the counts."""
+        named = sorted(job_id for job_id in job_ids if job_id in self._rows_of)
+        if not named:
+            return
+        jobs = self.batches.client.jobs
+        pipe = jobs.redis.pipeline(transaction=False)
+        for job_id in named:
+            pipe.hmget(jobs.job_key(job_id), ["status", "image", "error"])
+        for job_id, (status, image, error) in zip(named, pipe.execute(), strict=True):
+            if status in _TERMINAL_VALUES:
+                self._ended.add(job_id)
+            for index in self._rows_of[job_id]:
+                old = self.results[index]
+                self.counts[old.status] -= 1
+                if not self.counts[old.status]:
+                    del self.counts[old.status]
+                self.results[index] = dataclasses.replace(
+                    old, status=status or "unknown", image=image, error=error)
+                self.counts[status or "unknown"] += 1
 
 
 def write_results(results: list[RowResult], path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from common.status import TERMINAL
-from producer.batch import Batches, RowResult, write_results
+from producer.batch import Batches, BatchWatch, RowResult, write_results
 from producer.client import Client
 from producer.contact_sheet import Tile, contact_sheet
 from producer.manifest import ReadOptions, parse_columns
@@ -104,29 +104,35 @@ def _submit(batches: Batches, manifest: Path, args: argparse.Namespace) -> int:
 
 
 def follow(batches: Batches, batch_id: str, timeout_s: float, out: TextIO) -> list[RowResult]:
-    """Show progress until every row has ended; a bar on a terminal, lines otherwise."""
+    """Show progress until every row has ended; a bar on a terminal, lines otherwise.
+
+    Rows are read once; then the batch's channel names each job that ends and only
+    those are read again (:class:`producer.batch.BatchWatch`), so a tick costs O(changes)
+    however large the batch.
+    """
     started = time.monotonic()
     interactive = out.isatty()
     last_line = 0.0
-    while True:
-        results = batches.results_light(batch_id)
-        counts = Counter(r.status for r in results)
-        finished = sum(n for status, n in counts.items() if status in DONE)
-        line = _progress_line(counts, finished, len(results), time.monotonic() - started)
-        if interactive:
-            out.write("\r" + line.ljust(100))
-            out.flush()
-        elif time.monotonic() - last_line >= 10 or finished == len(results):
-            out.write(line + "\n")
-            last_line = time.monotonic()
-        if finished == len(results):
+    with BatchWatch(batches, batch_id) as watch:
+        while True:
+            results, counts = list(watch.results), watch.counts
+            finished = sum(n for status, n in counts.items() if status in DONE)
+            line = _progress_line(counts, finished, len(results), time.monotonic() - started)
             if interactive:
-                out.write("\n")
-            return results
-        if time.monotonic() - started > timeout_s:
-            raise TimeoutError(f"batch {batch_id}: {finished}/{len(results)} ended "
-                               f"after {timeout_s}s")
-        time.sleep(0.5)
+                out.write("\r" + line.ljust(100))
+                out.flush()
+            elif time.monotonic() - last_line >= 10 or finished == len(results):
+                out.write(line + "\n")
+                last_line = time.monotonic()
+            if finished == len(results):
+                if interactive:
+                    out.write("\n")
+                return results
+            if time.monotonic() - started > timeout_s:
+                raise TimeoutError(f"batch {batch_id}: {finished}/{len(results)} ended "
+                                   f"after {timeout_s}s")
+            # A redraw (ETA) every tick; Redis is read only for what the channel named.
+            watch.update(0.5)
 
 
 def _progress_line(counts: Counter[str], finished: int, total: int, elapsed_s: float) -> str:

@@ -18,7 +18,8 @@ from common.images import InputLimits, check_byte_size, check_mask_size, load_in
 from common.job import KEY_PATTERN, JobKind, JobSpec, new_job
 from common.jobstore import JobStore
 from common.layout import upload_key
-from common.queueing import make_celery, publish_jobs
+from common.push import FALLBACK_POLL_S, Subscription, job_channel
+from common.queueing import make_celery, publish_specs
 from common.settings import Settings
 from common.status import JobRecord, JobStatus
 from common.storage import ObjectStore, open_store
@@ -114,8 +115,8 @@ class Client:
             self.jobs.set_webhook(spec.job_id, webhook)
             if outcome.status.terminal:  # e.g. its parent had already failed
                 self.jobs.notify_ended(spec.job_id)
-        if self.jobs.is_unpublished(spec):
-            publish_jobs(self.app, self.jobs, [spec.job_id])
+        if outcome.unpublished:
+            publish_specs(self.app, self.jobs, [spec])
         return JobHandle(spec.job_id, self)
 
     def generate(self, prompt: str, webhook: str | None = None, **options: Any) -> JobHandle:
@@ -196,16 +197,70 @@ class Client:
         """The job's record now (``JobNotFound`` if unknown)."""
         return self.jobs.get(job_id)
 
-    def wait(self, job_id: str, timeout_s: float = 600.0, poll_s: float = 0.1) -> JobRecord:
-        """Poll until the job ends; raises ``TimeoutError`` naming its last status."""
+    def wait(self, job_id: str, timeout_s: float = 600.0,
+             poll_s: float = FALLBACK_POLL_S) -> JobRecord:
+        """Block until the job ends and return its record.
+
+        Woken by the job store's publish when the job ends; ``poll_s`` is only the
+        fallback re-read interval, in case that message was lost. Raises ``TimeoutError``
+        naming its last status, ``JobNotFound`` for an unknown id.
+        """
+        return self.wait_all([job_id], timeout_s, poll_s)[0]
+
+    def wait_all(self, jobs: Iterable[str | JobHandle], timeout_s: float = 600.0,
+                 poll_s: float = FALLBACK_POLL_S) -> list[JobRecord]:
+        """Block until every job ends; their records, in the order given.
+
+        One pub/sub connection subscribed to all their channels, however many jobs,
+        closed on return. ``timeout_s`` bounds the whole wait: ``TimeoutError`` names
+        the first job (in the order given) that has not ended.
+        """
+        ids = [job.job_id if isinstance(job, JobHandle) else job for job in jobs]
+        channels = {job_channel(self.jobs.prefix, job_id): job_id for job_id in ids}
         deadline = time.monotonic() + timeout_s
-        while True:
-            record = self.jobs.get(job_id)
-            if record.status.terminal:
-                return record
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"job {job_id} still {record.status.value} after {timeout_s}s")
-            time.sleep(poll_s)
+        ended: dict[str, JobRecord] = {}
+        latest: dict[str, JobRecord] = {}
+        with Subscription(self.jobs.redis, channels) as subscription:
+            # Read after subscribing: a job that ended before is seen here, one that ends
+            # after is published to us.
+            stale, last_read, final = list(dict.fromkeys(ids)), time.monotonic(), False
+            while True:
+                for record in self._read(stale):
+                    (ended if record.status.terminal else latest)[record.spec.job_id] = record
+                pending = [job_id for job_id in dict.fromkeys(ids) if job_id not in ended]
+                if not pending:
+                    return [ended[job_id] for job_id in ids]
+                if final:
+                    first = pending[0]
+                    raise TimeoutError(
+                        f"job {first} still {latest[first].status.value} after {timeout_s}s")
+                now = time.monotonic()
+                if now >= deadline:
+                    stale, final = pending, True  # the last word is a fresh read
+                    continue
+                if now - last_read >= poll_s:
+                    stale, last_read = pending, now
+                    continue
+                messages = subscription.wait(min(deadline, last_read + poll_s) - now)
+                if messages is None:  # the connection dropped: anything may have ended
+                    stale, last_read = pending, time.monotonic()
+                else:
+                    named = {channels[channel] for channel, _ in messages if channel in channels}
+                    stale = [job_id for job_id in pending if job_id in named]
+
+    def _read(self, job_ids: list[str]) -> list[JobRecord]:
+        """The records of ``job_ids`` in one round trip; ``JobNotFound`` for an unknown id."""
+        if not job_ids:
+            return []
+        pipe = self.jobs.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(self.jobs.job_key(job_id))
+        records = []
+        for job_id, fields in zip(job_ids, pipe.execute(), strict=True):
+            if not fields or "spec" not in fields:
+                raise JobNotFound(f"job {job_id} is not known")
+            records.append(JobRecord.from_hash(fields))
+        return records
 
     def result(self, job_id: str, timeout_s: float = 600.0) -> bytes:
         """The finished image's bytes; raises ``JobFailed`` with the reason otherwise."""

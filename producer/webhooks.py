@@ -66,6 +66,7 @@ import redis
 
 from common.audit import audit_log, configure_audit_logging
 from common.errors import ConfigError, InvalidJob
+from common.push import Subscription, webhook_wake_channel
 from common.status import JobStatus
 from common.webhook_policy import (
     WebhookPolicy,
@@ -88,6 +89,9 @@ STANDARD_SIGNATURE_HEADER = "webhook-signature"
 STANDARD_SECRET_PREFIX = "whsec_"
 SECRET_ENV = "ZQ_WEBHOOK_SECRET"
 USER_AGENT = "zq-webhooks/1"
+IDLE_POLL_S = 5.0
+"""Longest idle rest of ``run_forever``: owed webhooks wake it sooner (the wake channel)."""
+_STOP_CHECK_S = 0.5
 _MAX_ERROR_CHARS = 300
 
 BodyBuilder = Callable[["Client", str], dict[str, Any]]
@@ -245,17 +249,41 @@ class Dispatcher:
             attempted += 1
         return attempted
 
-    def run_forever(self, poll_s: float = 1.0, stop: threading.Event | None = None) -> None:
-        """Dispatch until ``stop`` is set, resting ``poll_s`` when nothing was due."""
+    def run_forever(self, poll_s: float = IDLE_POLL_S, stop: threading.Event | None = None
+                    ) -> None:
+        """Dispatch until ``stop`` is set; when nothing is due, sleep until something is.
+
+        Woken by the wake channel the job store publishes on when a webhook becomes owed,
+        or when the earliest scheduled retry falls due; ``poll_s`` is the longest idle
+        rest, the fallback for a wake that was lost or a delivery owed without one.
+        ``stop`` is noticed within a fraction of a second.
+        """
         stop = stop or threading.Event()
-        while not stop.is_set():
-            try:
-                busy = self.run_once() > 0
-            except redis.RedisError as exc:
-                log.warning("webhooks: redis unavailable, retrying: %s", exc)
-                busy = False
-            if not busy:
-                stop.wait(poll_s)
+        # Opened by its first wait (which then reports it as dropped, so the outbox is
+        # looked at again once subscribed): a Redis down at start is retried, not fatal.
+        wake = Subscription(self.outbox.redis, [webhook_wake_channel(self.outbox.prefix)])
+        try:
+            while not stop.is_set():
+                try:
+                    if self.run_once() > 0:
+                        continue
+                    rest_until = time.monotonic() + min(poll_s, self._until_next_due())
+                except redis.RedisError as exc:
+                    log.warning("webhooks: redis unavailable, retrying: %s", exc)
+                    rest_until = time.monotonic() + min(poll_s, 1.0)
+                while not stop.is_set() and (left := rest_until - time.monotonic()) > 0:
+                    # Slices, so a stop set from another thread is not kept waiting.
+                    if wake.wait(min(left, _STOP_CHECK_S)) != []:
+                        break  # woken (or the connection dropped): look at the outbox
+        finally:
+            wake.close()
+
+    def _until_next_due(self) -> float:
+        """Seconds until the earliest owed delivery is due (0 if one already is)."""
+        first = self.outbox.redis.zrange(self.outbox.due_key, 0, 0, withscores=True)
+        if not first:
+            return float("inf")
+        return max(0.0, float(first[0][1]) - time.time())
 
     def attempt(self, delivery: Delivery) -> bool:
         """Make one claimed attempt and record its outcome; True if acknowledged."""
@@ -407,7 +435,8 @@ def add_command(commands: Any) -> None:
     """Register ``zq webhooks``."""
     command = commands.add_parser(
         "webhooks", help="send completion webhooks (signed with ZQ_WEBHOOK_SECRET)")
-    command.add_argument("--poll", type=float, default=1.0, help="seconds between idle polls")
+    command.add_argument("--poll", type=float, default=IDLE_POLL_S,
+                         help="longest idle rest in seconds (owed webhooks wake it sooner)")
     command.add_argument("--timeout", type=float, default=10.0, help="seconds per HTTP call")
     command.add_argument("--max-attempts", type=int, default=8)
     command.add_argument("--backoff-base", type=float, default=2.0, help="first retry delay")

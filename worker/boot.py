@@ -113,7 +113,7 @@ def start_runtime(settings: Settings, model: ModelType, worker_id: str,
              loaded.load_seconds, warm_s)
     hooks = HookSet([metrics, AuditHooks(worker_id, source, loaded.source.revision), registry])
     runner = JobRunner(settings, worker_id, jobs, open_store(settings), app, renderer, hooks,
-                       current)
+                       current, model)
     caches = {"prompt_embeds": renderer.prompt_cache, "latent_template": renderer.latent_cache}
     metrics.watch(current, caches, gpu_memory_of(loaded.device))  # type: ignore[arg-type]
     return WorkerRuntime(model, runner, registry, liveness, metrics, intake)

@@ -26,7 +26,6 @@ from common.errors import (
     InvalidJob,
     JobCancelled,
     JobFailed,
-    JobNotFound,
     JobRejected,
     JobTimedOut,
     ObjectNotFound,
@@ -39,10 +38,10 @@ from common.errors import (
     WorkerError,
 )
 from common.images import InputImage, InputLimits, load_input, match_mask
-from common.job import JobSpec
+from common.job import JobSpec, ModelType
 from common.jobstore import JobStore
 from common.layout import CONTENT_TYPES, image_key, manifest_key
-from common.queueing import publish_jobs
+from common.queueing import publish, publish_jobs
 from common.settings import Settings
 from common.status import JobRecord, JobStatus
 from common.storage import ObjectStore
@@ -53,6 +52,8 @@ from worker.manifest import build_manifest
 from worker.results import RenderInputs, RenderResult
 from worker.watchdog import ProgressWatch, hang_at_step, hang_forever
 
+# At most this often a running job's step reaches Redis (and a cancel is noticed).
+PROGRESS_INTERVAL_S = 0.25
 log = logging.getLogger("zq.worker")
 
 # Storage retries in the finisher, seconds between tries: the rendered image is kept,
@@ -139,8 +140,11 @@ class JobRunner:
 
     def __init__(self, settings: Settings, worker_id: str, jobs: JobStore, store: ObjectStore,
                  app: Celery, renderer: JobRenderer, hooks: HookSet | None = None,
-                 current: CurrentJob | None = None) -> None:
+                 current: CurrentJob | None = None, model: ModelType | None = None) -> None:
         self.settings = settings
+        # The model this worker holds: a job of another type is sent on, not run (None:
+        # any, for tests that run several types through one runner).
+        self.model = model
         self.worker_id = worker_id
         self.jobs = jobs
         self.store = store
@@ -161,14 +165,26 @@ class JobRunner:
         finisher thread. ``WorkerBroken`` is raised after the job was put back.
         """
         try:
-            record = self.jobs.get(job_id)
-        except (JobNotFound, InvalidJob) as exc:  # nothing any worker could run: drop it
-            log.error("dropping message for job %s: %s", job_id, exc)
+            # The claim is the only read: it answers with the record.
+            claim = self.jobs.claim_by_id(job_id, self.worker_id, self.settings.lease_ttl_s,
+                                          self.settings.max_deliveries, self.model)
+        except InvalidJob as exc:  # claimed, but its spec cannot be read: end it
+            log.error("job %s: unreadable record, failed: %s", job_id, exc)
+            if self.model is not None:
+                self.jobs.finish_by_id(job_id, self.model, JobStatus.FAILED,
+                                       error=f"unreadable job record: {exc}",
+                                       error_code=JobRejected.code)
             return "unknown"
-        spec = record.spec
-        claim = self.jobs.claim(spec, self.worker_id, self.settings.lease_ttl_s,
-                                self.settings.max_deliveries)
-        if claim.outcome == "poison":
+        if claim.outcome == "unknown":  # nothing any worker could run: drop it
+            log.error("dropping message for job %s: it is not known", job_id)
+            return "unknown"
+        if claim.outcome == "wrong_model" and claim.record is not None:
+            log.warning("job %s is a %s job: sent on to its own queue", job_id,
+                        claim.record.spec.model.value)
+            publish(self.app, claim.record.spec)
+            return "wrong_model"
+        if claim.outcome == "poison" and claim.record is not None:
+            record, spec = claim.record, claim.record.spec
             error = PoisonJob(
                 f"delivered {self.settings.max_deliveries} times without finishing; parked")
             self._fail(spec, error)
@@ -264,14 +280,23 @@ class JobRunner:
     def _progress(self, spec: JobSpec) -> Callable[[int, int], bool]:
         deadline = time.monotonic() + self.settings.job_timeout_s
         hang_at = hang_at_step()
+        last_report = [time.monotonic()]  # the claim recorded step 0
 
         def on_step(done: int, total: int) -> bool:
             if done == hang_at:
                 hang_forever(spec.job_id, done)
             self.current.progress.mark(f"step {done} of {total}")
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 raise JobTimedOut(f"timed out after {self.settings.job_timeout_s}s "
                                 f"at step {done} of {total}")
+            self.hooks.progressed(spec, done, total)
+            # Progress (and the cancel check with it) costs Redis a round trip: at most one
+            # per PROGRESS_INTERVAL_S however fast the steps. The last step is recorded by
+            # the job's end (a cancel then would come too late to save anything).
+            if done >= total or now - last_report[0] < PROGRESS_INTERVAL_S:
+                return False
+            last_report[0] = now
             try:
                 stop = self.jobs.report_progress(spec.job_id, done, total)
             except redis.RedisError as exc:
@@ -280,7 +305,6 @@ class JobRunner:
                 log.warning("job %s: progress not recorded at step %d: %s", spec.job_id,
                             done, exc)
                 stop = False
-            self.hooks.progressed(spec, done, total)
             return stop
 
         return on_step
@@ -346,7 +370,8 @@ class JobRunner:
         self.store.put(key, json.dumps(manifest, indent=2).encode(), "application/json")
         width, height = result.image.size
         ending = self.jobs.finish(spec, JobStatus.SUCCEEDED, image=image, manifest=key,
-                                  width=str(width), height=str(height))
+                                  width=str(width), height=str(height),
+                                  step=str(result.steps_run), total_steps=str(result.steps_run))
         if ending is not None:
             pause_after_finish()
             publish_jobs(self.app, self.jobs, ending.released)

@@ -142,9 +142,10 @@ class Intake:
         verdict = inspect(message, self.task_names)
         if isinstance(verdict, Admitted):
             try:
-                spec = self.jobs.get(verdict.job_id).spec
-                if self.model is None or spec.model is self.model:
+                # One field, not the record: this runs for every message.
+                if self.model is None or self.jobs.model_of(verdict.job_id) is self.model:
                     return True
+                spec = self.jobs.get(verdict.job_id).spec
                 verdict = Refusal(WRONG_QUEUE, f"job {spec.job_id} is a {spec.model.value} "
                                                f"job; sent on to its own queue")
                 self.forward(spec)

@@ -3,9 +3,13 @@
 Celery's Redis transport gives an unacknowledged message back only after the
 visibility timeout, which must exceed the longest job, so it cannot be what
 recovers a job from a killed worker. Instead each running job holds a short lease
-that this thread renews; any live worker of the same model type re-publishes a
+that this thread renews; a live worker of the same model type re-publishes a
 job whose lease ran out (its worker died), and jobs recorded but never published.
 A job whose lease is alive is never handed to a second worker.
+
+Those chores scan the whole fleet's state (running jobs, retries, the worker list, the
+queue's priority lists), so one worker per model type does them (``ChoresLock``), not
+each: every other worker's beat is a few commands, whatever the fleet's size or backlog.
 
 Renewing a lease proves the process lives, not that its job advances: every beat also
 asks the hung-step watchdog (``worker.watchdog``), and a worker whose job stopped
@@ -20,6 +24,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any, cast
 
 from celery import Celery
 
@@ -36,6 +41,22 @@ from worker.watchdog import Stall, give_up
 log = logging.getLogger("zq.worker")
 # Dead workers' ids are dropped from the worker list this often.
 PRUNE_INTERVAL_S = 60.0
+# The chores lock lives this many beats: longer than one (its holder keeps it, beat after
+# beat), and shorter than a lease (3 beats) minus a beat, so a dead holder's successor is
+# elected, and beating, before the dead holder's own job's lease runs out.
+CHORES_LOCK_BEATS = 1.5
+# Takes the lock if it is free or already this worker's, and (re)starts its expiry.
+_ELECT = """
+local holder = redis.call('get', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[2])
+return 1
+"""
+# Gives the lock up only if this worker still holds it.
+_RESIGN = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
 # Records the job's stall unless the job has gone (an HSET would leave a record without a spec).
 _RECORD_STALL = """
 if redis.call('exists', KEYS[1]) == 1 then redis.call('hset', KEYS[1], unpack(ARGV)) end
@@ -85,11 +106,49 @@ class WorkerRegistry:
         pipe.execute()
 
 
+class ChoresLock:
+    """Elects the one worker of a model type that does the fleet-wide chores.
+
+    ``{prefix}:chores:{model}`` holds the holder's worker id for ``ttl_s``; the holder
+    renews it each beat. When it stops beating, the lock expires and the next worker
+    of the model type to beat takes it: chores pause for at most ``ttl_s`` plus a beat.
+    """
+
+    def __init__(self, jobs: JobStore, model: ModelType, worker_id: str, ttl_s: float) -> None:
+        self.key = f"{jobs.prefix}:chores:{model.value}"
+        self.worker_id = worker_id
+        self.ttl_ms = max(int(ttl_s * 1000), 1)
+        self._elect = jobs.redis.register_script(_ELECT)
+        self._resign = jobs.redis.register_script(_RESIGN)
+
+    def acquire(self) -> bool:
+        """Take or renew the lock; whether this worker holds it now (one command)."""
+        return bool(self._elect(keys=[self.key], args=[self.worker_id, self.ttl_ms]))
+
+    def release(self) -> None:
+        """Give the lock up, if this worker holds it, so another takes it at its next beat."""
+        self._resign(keys=[self.key], args=[self.worker_id])
+
+
+def orphaned_jobs(jobs: JobStore, model: ModelType) -> list[str]:
+    """Running jobs of ``model`` whose lease ran out (their worker died): two round trips.
+
+    ``JobStore.orphaned`` asks for each lease in turn; this asks for all of them at once.
+    """
+    running = sorted(cast(set[str], jobs.redis.smembers(jobs._running_key(model))))
+    pipe = jobs.redis.pipeline(transaction=False)
+    for job_id in running:
+        pipe.exists(jobs._lease_key(job_id))
+    leased: list[Any] = pipe.execute() if running else []
+    return [job_id for job_id, alive in zip(running, leased, strict=True) if not alive]
+
+
 class Liveness(threading.Thread):
     """Renews the current job's lease and recovers lost jobs, every ``lease_ttl_s / 3``.
 
-    With ``stall_timeout_s``, a rendering job without progress for that long ends the
-    worker instead (``worker.watchdog``).
+    Recovery and the other fleet-wide chores run on one worker of the model type at a
+    time, the holder of the ``ChoresLock``. With ``stall_timeout_s``, a rendering job
+    without progress for that long ends the worker instead (``worker.watchdog``).
     """
 
     def __init__(self, jobs: JobStore, app: Celery, model: ModelType, worker_id: str,
@@ -112,6 +171,7 @@ class Liveness(threading.Thread):
         self.ready = False
         self.stopping = threading.Event()
         self.next_prune = 0.0
+        self.chores = ChoresLock(jobs, model, worker_id, self.interval_s * CHORES_LOCK_BEATS)
 
     def run(self) -> None:
         """Beat until stopped; an error in one beat is logged, never fatal."""
@@ -154,22 +214,36 @@ class Liveness(threading.Thread):
                                          "stall_reason", stall.reason()),
         ])
 
-    def beat(self) -> None:
-        """One round: leases (the rendering job and those being stored), heartbeat, recovery."""
+    def beat(self) -> bool:
+        """One round: leases (the rendering job and those being stored), heartbeat, chores.
+
+        The fleet's chores (``recover``) run only if this worker holds the chores lock;
+        returns whether it did them. A holder whose chores fail gives the lock up, so
+        that another worker, for which they may work, takes over at its next beat.
+        """
         for job_id in self.current.held():
             self.jobs.renew_lease(job_id, self.worker_id, self.lease_ttl_s)
         self.registry.beat()
         self.registry.update(current_job=self.current.get() or "")
-        self.recover()
+        if not self.chores.acquire():
+            return False
+        try:
+            self.recover()
+        except Exception:
+            self.chores.release()
+            raise
+        return True
 
     def recover(self) -> list[str]:
-        """Re-publish jobs of this model type that were lost or are due a retry.
+        """The fleet's chores: re-publish this model type's lost jobs and jobs due a retry.
 
-        Returns their ids. A job that lost its worker, or waited out a storage outage,
-        had already waited its turn: it goes to the front of the queue.
+        Also publishes stale unpublished jobs, prunes dead workers (once a minute) and
+        promotes overdue jobs; ``beat`` calls this on the chores lock's holder only.
+        Returns the ids published. A job that lost its worker, or waited out a storage
+        outage, had already waited its turn: it goes to the front of the queue.
         """
         recovered = []
-        for job_id in self.jobs.orphaned(self.model):
+        for job_id in orphaned_jobs(self.jobs, self.model):
             if job_id in self.current.held():
                 continue
             if self.jobs.requeue(self.jobs.get(job_id).spec):

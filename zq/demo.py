@@ -31,6 +31,7 @@ from producer.client import Client
 from producer.contact_sheet import Tile, contact_sheet
 from producer.conversation import Conversation
 from zq.exporter import port_number
+from zq.processes import die_with_parent
 
 TURNS = (
     "a night view of a futuristic city",
@@ -95,9 +96,10 @@ def start_workers(environment: Environment, logs: Path) -> list[subprocess.Popen
     workers = []
     for model in ModelType:
         with (logs / f"worker-{model.value}.log").open("wb") as log:
+            # A demo killed outright (SIGKILL) must not leave its workers behind.
             workers.append(subprocess.Popen(
                 [sys.executable, "-m", "zq", "worker", "--model", model.value],
-                env=env, stdout=log, stderr=subprocess.STDOUT))
+                env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent()))
     return workers
 
 

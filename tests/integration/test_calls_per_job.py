@@ -1,0 +1,64 @@
+"""What one job costs Redis: commands per job through a real worker, so a regression shows.
+
+Counted from the server's own ``INFO commandstats`` (commands run inside scripts
+included), net of what the same worker does when idle over as long a window. The bench
+(``bench/broker_scale.py``) measures CPU; this guards the count.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from common.job import ModelType, new_job
+from producer.client import Client
+from tests.integration.cluster import Cluster
+
+pytestmark = pytest.mark.integration
+JOBS = 30
+# Measured 42.1-42.3 per job (54 before issue 12), about half of them inside the submit,
+# claim and finish scripts: room for noise, not for a new command per job.
+BUDGET_PER_JOB = 45
+OWN = {"info", "config", "ping", "hello", "client", "select"}  # this test's and connections'
+
+
+def commands(server: redis.Redis) -> dict[str, int]:
+    """Calls per command since the last reset, without the test's own."""
+    stats: dict[str, dict[str, int]] = server.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()
+            if name.removeprefix("cmdstat_").split("|")[0] not in OWN}
+
+
+def test_commands_per_job_stay_within_budget(cluster: Cluster, client: Client) -> None:
+    cluster.start(ModelType.TURBO)
+    server = redis.Redis.from_url(cluster.redis_url, decode_responses=True)
+    time.sleep(1.0)  # past the worker's start-up chores
+
+    server.config_resetstat()
+    started = time.monotonic()
+    specs = [new_job("generate", prompt=f"count {i}", width=32, height=32, steps=2,
+                     model="turbo", seed=i) for i in range(JOBS)]
+    for spec in specs:
+        client.submit(spec)
+    for spec in specs:
+        assert client.wait(spec.job_id, timeout_s=120).status.value == "succeeded"
+    busy = commands(server)
+    window_s = time.monotonic() - started
+
+    server.config_resetstat()
+    time.sleep(window_s)
+    idle = commands(server)
+
+    net = sum(busy.values()) - sum(idle.values())
+    per_job = net / JOBS
+    top = sorted(busy.items(), key=lambda item: -item[1])
+    assert per_job <= BUDGET_PER_JOB, (per_job, top, idle)
+    # The shape, too: one script each to submit, claim and finish (the beats' own
+    # scripts are in the idle count), and no record read by the worker outside them.
+    def net_of(command: str) -> int:
+        return busy.get(command, 0) - idle.get(command, 0)
+
+    assert net_of("evalsha") <= 3 * JOBS + 5, top  # +5: a beat may fall in either window
+    assert net_of("hgetall") <= 3 * JOBS + 2, top  # in the claim; the waiter's two reads
