@@ -206,7 +206,7 @@ local function fail_descendants(id, reason)
 end
 """
 
-# KEYS: job, lease, running set
+# KEYS: job, lease, running set, the ending worker's record ('' = none)
 # ARGV: prefix, status, now, ttl, job id, reason for failed descendants, then field/value pairs
 # Returns {released children, failed descendants}, or false if the job had already ended.
 _FINISH = """
@@ -219,6 +219,9 @@ local fields = {'status', ARGV[2], 'finished_at', now}
 for i = 7, #ARGV do table.insert(fields, ARGV[i]) end
 redis.call('HSET', KEYS[1], unpack(fields))
 if found[2] then redis.call('HDEL', KEYS[1], 'not_before') end
+if KEYS[4] ~= '' and redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('HINCRBY', KEYS[4], 'jobs_done', 1)  -- here, not a round trip of its own
+end
 redis.call('DEL', KEYS[2])
 redis.call('SREM', KEYS[3], ARGV[5])
 local released, failed = {}, {}
@@ -364,6 +367,10 @@ class JobStore:
     def job_key(self, job_id: str) -> str:
         """The hash holding one job's record."""
         return f"{self.prefix}:job:{job_id}"
+
+    def worker_key(self, worker_id: str) -> str:
+        """The hash holding one worker's registry record."""
+        return f"{self.prefix}:worker:{worker_id}"
 
     def _lease_key(self, job_id: str) -> str:
         return f"{self.prefix}:lease:{job_id}"
@@ -528,7 +535,7 @@ class JobStore:
         return cancel_flag == "1"
 
     def finish(self, spec: JobSpec, status: JobStatus, descendants_error: str = "",
-               **fields: str) -> Ending | None:
+               counted_for: str = "", **fields: str) -> Ending | None:
         """End the job with a terminal status; None if it had already ended.
 
         One atomic step: the record, the lease, the children waiting on the job
@@ -537,12 +544,18 @@ class JobStore:
         Released children are in the unpublished set: publish them next (if this
         process dies first, the recovery loop does).
         """
-        return self.finish_by_id(spec.job_id, spec.model, status, descendants_error, **fields)
+        return self.finish_by_id(spec.job_id, spec.model, status, descendants_error,
+                                 counted_for, **fields)
 
     def finish_by_id(self, job_id: str, model: ModelType, status: JobStatus,
-                     descendants_error: str = "", **fields: str) -> Ending | None:
-        """``finish`` without the spec (a record whose spec cannot be read)."""
-        keys = [self.job_key(job_id), self._lease_key(job_id), self._running_key(model)]
+                     descendants_error: str = "", counted_for: str = "",
+                     **fields: str) -> Ending | None:
+        """``finish`` without the spec (a record whose spec cannot be read).
+
+        ``counted_for``: the worker whose registry record counts the job in ``jobs_done``.
+        """
+        keys = [self.job_key(job_id), self._lease_key(job_id), self._running_key(model),
+                self.worker_key(counted_for) if counted_for else ""]
         args = self._ending_args(job_id)
         args[1] = status.value
         args.append(descendants_error or f"parent {status.value}: job {job_id}")
@@ -589,7 +602,7 @@ class JobStore:
         names = sorted(cast(set[str], self.redis.smembers(index)))
         pipe = self.redis.pipeline(transaction=False)
         for name in names:
-            pipe.exists(f"{self.prefix}:worker:{name}")
+            pipe.exists(self.worker_key(name))
         dead = [name for name, alive in zip(names, pipe.execute(), strict=True) if not alive]
         if dead:
             self.redis.srem(index, *dead)

@@ -79,19 +79,48 @@ class Subscription:
         self.close()
         pubsub = self.client.pubsub()  # type: ignore[no-untyped-call]
         self._pubsub = pubsub
-        if not self.channels:
+        if self.channels:
+            pubsub.subscribe(*self.channels)
+            self._confirm(pubsub, {"subscribe": len(self.channels)})
+
+    def watch(self, channels: Iterable[str]) -> None:
+        """Subscribe to exactly ``channels`` (confirmed), keeping the connection.
+
+        A connection kept between waits saves Redis a connection's set-up and tear-down
+        per wait (several times what subscribing costs); ``watch([])`` leaves it idle.
+        """
+        wanted = list(dict.fromkeys(channels))
+        if self._pubsub is None:
+            self.channels = wanted
+            if wanted:
+                self.open()
             return
-        pubsub.subscribe(*self.channels)
-        confirmed, deadline = 0, time.monotonic() + _CONFIRM_TIMEOUT_S
-        while confirmed < len(self.channels):
+        dropped = [channel for channel in self.channels if channel not in wanted]
+        added = [channel for channel in wanted if channel not in self.channels]
+        self.channels = wanted
+        try:
+            if dropped:
+                self._pubsub.unsubscribe(*dropped)  # type: ignore[no-untyped-call]
+            if added:
+                self._pubsub.subscribe(*added)
+            self._confirm(self._pubsub, {"unsubscribe": len(dropped), "subscribe": len(added)})
+        except (redis.ConnectionError, redis.TimeoutError):
+            self.close()  # the next wait subscribes afresh
+            if wanted:
+                self.open()
+
+    def _confirm(self, pubsub: PubSub, expected: dict[str, int]) -> None:
+        """Read until Redis confirmed each (un)subscription; keep messages meanwhile."""
+        owed, deadline = dict(expected), time.monotonic() + _CONFIRM_TIMEOUT_S
+        while any(owed.values()):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise redis.TimeoutError("pub/sub subscription not confirmed")
             message = pubsub.get_message(timeout=remaining)
             if message is None:
                 continue
-            if message["type"] == "subscribe":
-                confirmed += 1
+            if message["type"] in owed:
+                owed[message["type"]] -= 1
             elif message["type"] == "message":
                 self._early.append((_text(message["channel"]), _text(message["data"])))
 

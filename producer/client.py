@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import redis
 
 from common.audit import audit_event
 from common.errors import ConfigError, InvalidJob, JobFailed, JobNotFound, UnknownParent
@@ -78,6 +82,7 @@ class Client:
             raise ConfigError(f"ZQ_REDIS_URL: {exc}") from None
         self.store = store or open_store(settings)
         self.app = make_celery(settings, name="zq-producer")
+        self._waiting = threading.local()  # each thread's kept pub/sub connection
 
     @classmethod
     def from_env(cls) -> Client:
@@ -211,16 +216,17 @@ class Client:
                  poll_s: float = FALLBACK_POLL_S) -> list[JobRecord]:
         """Block until every job ends; their records, in the order given.
 
-        One pub/sub connection subscribed to all their channels, however many jobs,
-        closed on return. ``timeout_s`` bounds the whole wait: ``TimeoutError`` names
-        the first job (in the order given) that has not ended.
+        One pub/sub connection subscribed to all their channels, however many jobs:
+        the calling thread's, kept (unsubscribed) for its next wait. ``timeout_s``
+        bounds the whole wait: ``TimeoutError`` names the first job (in the order
+        given) that has not ended.
         """
         ids = [job.job_id if isinstance(job, JobHandle) else job for job in jobs]
         channels = {job_channel(self.jobs.prefix, job_id): job_id for job_id in ids}
         deadline = time.monotonic() + timeout_s
         ended: dict[str, JobRecord] = {}
         latest: dict[str, JobRecord] = {}
-        with Subscription(self.jobs.redis, channels) as subscription:
+        with self._subscribed(list(channels)) as subscription:
             # Read after subscribing: a job that ended before is seen here, one that ends
             # after is published to us.
             stale, last_read, final = list(dict.fromkeys(ids)), time.monotonic(), False
@@ -247,6 +253,26 @@ class Client:
                 else:
                     named = {channels[channel] for channel, _ in messages if channel in channels}
                     stale = [job_id for job_id in pending if job_id in named]
+
+    @contextlib.contextmanager
+    def _subscribed(self, channels: list[str]) -> Iterator[Subscription]:
+        """This thread's kept pub/sub connection, subscribed to ``channels`` until exit."""
+        subscription: Subscription | None = getattr(self._waiting, "subscription", None)
+        if subscription is None:
+            # One per thread (pub/sub connections are not thread-safe); dropped with it.
+            subscription = Subscription(self.jobs.redis, [])
+            self._waiting.subscription = subscription
+        subscription.watch(channels)
+        try:
+            yield subscription
+        except BaseException:
+            subscription.close()  # interrupted mid-read: the connection's state is unknown
+            raise
+        else:
+            try:
+                subscription.watch([])
+            except redis.RedisError:
+                subscription.close()
 
     def _read(self, job_ids: list[str]) -> list[JobRecord]:
         """The records of ``job_ids`` in one round trip; ``JobNotFound`` for an unknown id."""

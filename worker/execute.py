@@ -172,6 +172,7 @@ class JobRunner:
             log.error("job %s: unreadable record, failed: %s", job_id, exc)
             if self.model is not None:
                 self.jobs.finish_by_id(job_id, self.model, JobStatus.FAILED,
+                                       counted_for=self.worker_id,
                                        error=f"unreadable job record: {exc}",
                                        error_code=JobRejected.code)
             return "unknown"
@@ -369,7 +370,8 @@ class JobRunner:
         key = manifest_key(spec)
         self.store.put(key, json.dumps(manifest, indent=2).encode(), "application/json")
         width, height = result.image.size
-        ending = self.jobs.finish(spec, JobStatus.SUCCEEDED, image=image, manifest=key,
+        ending = self.jobs.finish(spec, JobStatus.SUCCEEDED, counted_for=self.worker_id,
+                                  image=image, manifest=key,
                                   width=str(width), height=str(height),
                                   step=str(result.steps_run), total_steps=str(result.steps_run))
         if ending is not None:
@@ -382,7 +384,8 @@ class JobRunner:
         log.warning("job %s %s: %s", spec.job_id, status.value, error.reason)
         word = "cancelled" if status is JobStatus.CANCELLED else "failed"
         reason = ParentFailed(f"parent {word}: job {spec.job_id}: {error.reason}")
-        self.jobs.finish(spec, status, reason.reason, error=error.reason, error_code=error.code)
+        self.jobs.finish(spec, status, reason.reason, self.worker_id, error=error.reason,
+                         error_code=error.code)
 
     def _requeue(self, spec: JobSpec, why: str = "") -> None:
         """Put a claimed job back to queued and publish it; the delivery count bounds this."""

@@ -68,7 +68,7 @@ class WorkerRegistry:
 
     def __init__(self, jobs: JobStore, worker_id: str, model: ModelType, ttl_s: int) -> None:
         self.redis = jobs.redis
-        self.key = f"{jobs.prefix}:worker:{worker_id}"
+        self.key = jobs.worker_key(worker_id)
         self.index = f"{jobs.prefix}:workers:{model.value}"
         self.worker_id = worker_id
         self.ttl_s = ttl_s
@@ -83,7 +83,7 @@ class WorkerRegistry:
         self.redis.hset(self.key, mapping=dict(fields))  # type: ignore[arg-type]
 
     def count(self, field: str) -> None:
-        """Add one to a counter field (``model_loads``, ``jobs_done``)."""
+        """Add one to a counter field (``model_loads``)."""
         self.redis.hincrby(self.key, field, 1)
 
     # -- job hooks: the registry counts every job that ended on this worker --------
@@ -94,8 +94,7 @@ class WorkerRegistry:
         """Nothing to record per step."""
 
     def finished(self, outcome: JobOutcome) -> None:
-        """Count the ended job in ``jobs_done``."""
-        self.count("jobs_done")
+        """Nothing to record: the script that ends a job counts it in ``jobs_done``."""
 
     def beat(self) -> None:
         """Refresh the heartbeat; the record expires if the worker stops beating."""

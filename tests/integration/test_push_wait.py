@@ -127,7 +127,27 @@ def test_waiter_subscribed_before_the_end_is_woken_by_the_publish(client: Client
     record: JobRecord = waiting.join(PUSHED_WITHIN_S)
     assert record.status is JobStatus.SUCCEEDED
     assert record.image == f"img/{spec.job_id}.png"
-    assert pubsub_clients(client.jobs, before) == []  # the subscription was closed
+    assert pubsub_clients(client.jobs, before) == []  # unsubscribed from everything
+
+
+def test_a_thread_keeps_one_connection_for_all_its_waits(client: Client) -> None:
+    def connections_received() -> int:
+        return int(client.jobs.redis.info("stats")["total_connections_received"])
+
+    def three_waits() -> list[JobStatus]:
+        statuses = []
+        for _ in range(3):
+            spec = submitted(client.jobs)
+            succeed(client.jobs, spec)
+            statuses.append(client.wait(spec.job_id, 10, poll_s=SLOW_FALLBACK_S).status)
+        return statuses
+
+    before = connections_received()
+    waits = Waiting(three_waits)
+    assert waits.join(PUSHED_WITHIN_S) == [JobStatus.SUCCEEDED] * 3
+    # One kept pub/sub connection (a connection costs Redis several subscriptions), and
+    # perhaps one for the reads; never one per wait.
+    assert connections_received() - before <= 2
 
 
 def test_cancel_and_a_parent_failing_its_children_publish_too(client: Client) -> None:
