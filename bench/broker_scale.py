@@ -35,8 +35,8 @@ job's end (zq: ``finished_at`` in its record; raw: the task's returned timestamp
 moment ``Client.wait`` / ``AsyncResult.get`` returns. Then ``--trace`` (default 20) more
 sequential jobs run under ``MONITOR``, and each call is attributed to the process whose
 socket issued it (producer or worker, via ``/proc``) or to a Lua script; ``evalsha`` is named
-by script (zq workers run with ``PYTHONHASHSEED=0`` so their scripts' SHA1s can be
-recomputed: some scripts' text follows Python's set order).
+by script (``common/lua/{name}.lua``; a script's text, so its SHA1, is the same in every
+process).
 
 Run: ``python bench/broker_scale.py -n 300 --workers 4 [--label baseline]``; the results go
 to the ``broker_scale`` section of RESULTS.md (``broker_scale_<label>`` with ``--label``).
@@ -65,7 +65,9 @@ from typing import Any
 import redis
 from _shared import RESULTS, ROOT, table, write_section
 
+from common import scripts as lua_scripts
 from common.job import DEFAULT_PRIORITY, JobKind, JobSpec, new_job
+from common.keys import Keys
 from common.queueing import broker_priority
 from common.settings import Settings
 from common.status import JobStatus
@@ -220,44 +222,11 @@ def socket_roles(pids: dict[int, str]) -> dict[int, str]:
     return ports
 
 
-SCRIPT_SEED = "0"  # PYTHONHASHSEED of the workers: some scripts' text follows set order
-
-
-def _module_scripts() -> dict[str, str]:
-    names = {}
-    for module_name, module in list(sys.modules.items()):
-        if module is None or not module_name.startswith(("common.", "worker.", "producer.")):
-            continue
-        for name, value in vars(module).items():
-            if isinstance(value, str) and "redis.call" in value:
-                names[hashlib.sha1(value.encode()).hexdigest()] = f"{module_name}.{name}"
-    return names
-
-
 def script_names() -> dict[str, str]:
-    """SHA1 -> name of zq's module-level Lua scripts, as this process and the workers
-    (``PYTHONHASHSEED=SCRIPT_SEED``) hash them."""
-    import json
-
-    modules = sorted(".".join(path.relative_to(ROOT).with_suffix("").parts)
-                     for package in ("common", "worker", "producer")
-                     for path in (ROOT / package).glob("*.py")
-                     if "redis.call" in path.read_text(errors="replace"))
-    code = ("import importlib, json, sys\n"
-            f"for m in {modules!r}:\n"
-            "    try:\n        importlib.import_module(m)\n"
-            "    except Exception:\n        pass\n"
-            "from broker_scale import _module_scripts\n"
-            "print(json.dumps(_module_scripts()))\n")
-    env = {**os.environ, "PYTHONHASHSEED": SCRIPT_SEED,
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "bench"), str(ROOT)])}
-    try:
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                             text=True, check=True, timeout=120).stdout
-        names: dict[str, str] = json.loads(out.strip().splitlines()[-1])
-    except (subprocess.SubprocessError, ValueError, IndexError):
-        names = {}
-    return {**names, **_module_scripts()}
+    """SHA1 -> name of zq's Lua scripts (``common/lua/``): their text is the same in every
+    process, so the workers' SHA1s are this process's."""
+    return {hashlib.sha1(lua_scripts.load(name).encode()).hexdigest(): name
+            for name in lua_scripts.names()}
 
 
 def attribute(calls: list[tuple[str, str, str | None]], ports: dict[int, str],
@@ -395,7 +364,7 @@ def zq_side(args: argparse.Namespace, workdir: Path, checkpoint: Path) -> SideRe
         env = {"ZQ_REDIS_URL": server.url, "ZQ_STORAGE_URL": (workdir / "storage").as_uri(),
                "ZQ_MODEL_TURBO": str(checkpoint), "ZQ_DEVICE": "cpu", "ZQ_KEY_PREFIX": prefix,
                "ZQ_METRICS_PORT": "0", "ZQ_WARMUP_SIZE_PX": str(args.size),
-               "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": SCRIPT_SEED,
+               "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
                # the workers run this tree's code, as the producer does (see _shared)
                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
                                                            os.environ.get("PYTHONPATH")]))}
@@ -405,7 +374,7 @@ def zq_side(args: argparse.Namespace, workdir: Path, checkpoint: Path) -> SideRe
                   {**env, "ZQ_HEALTH_DIR": str(workdir / "health" / str(i))})
                  for i, name in enumerate(names)]
         procs = start_workers(stack, argvs, workdir / "logs")
-        wait_ready(procs, client, lambda name: f"{prefix}:worker:{name}", args.timeout)
+        wait_ready(procs, client, Keys(prefix).worker, args.timeout)
 
         settings = Settings.from_env(env)
         clients = [Client(settings) for _ in range(args.producers)]

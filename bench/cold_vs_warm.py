@@ -34,6 +34,7 @@ from _shared import table, write_section
 from queue_overhead import WORKER, make_jobs, start_worker
 
 from common.job import ModelType
+from common.keys import Keys
 from worker.acceleration import ModelOptions
 from worker.boot import warm_up
 from worker.models import load_model
@@ -71,7 +72,7 @@ def worker_ready(checkpoint: Path, workdir: Path, threads: int) -> dict[str, flo
         start_worker(stack, env, workdir / "worker.log", 120.0)
         ready = time.perf_counter() - started
         fields = redis.Redis.from_url(server.url, decode_responses=True).hgetall(
-            f"{prefix}:worker:{WORKER}")
+            Keys(prefix).worker(WORKER))
     return {"ready": ready, "load": float(fields["load_seconds"]),
             "warmup": float(fields["warmup_seconds"])}
 

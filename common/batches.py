@@ -16,44 +16,11 @@ from typing import Any, cast
 
 import redis
 
-from common.push import batch_channel
-from common.status import TERMINAL, JobStatus
+from common.keys import Keys
+from common.scripts import load
+from common.status import JobStatus
 
-_TERMINAL_LUA = "{" + ", ".join(f"['{s.value}']=true" for s in TERMINAL) + "}"
 _ENDED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
-
-# KEYS: job, pending set, job's batch set, batch hash. ARGV: batch id, job id, progress channel
-# Adds a job to a batch; a job that already ended is not pending, and is counted here
-# (once: only when it joins), the way the job store's ending script counts the others.
-_ADD = f"""
-local terminal = {_TERMINAL_LUA}
-local joined = redis.call('SADD', KEYS[3], ARGV[1])
-local status = redis.call('HGET', KEYS[1], 'status')
-if status and terminal[status] then
-  if joined == 1 then
-    redis.call('HINCRBY', KEYS[4], 'jobs_ended', 1)
-    redis.call('HINCRBY', KEYS[4], 'jobs_' .. status, 1)
-    redis.call('PUBLISH', ARGV[3], ARGV[2])
-  end
-  return 0
-end
-redis.call('SADD', KEYS[2], ARGV[2])
-return 1
-"""
-
-# KEYS: batch hash, pending set, rows hash. ARGV: now, ttl. Returns 1 when sealing finished
-# the batch (nothing pending, not reported before); a finished batch's records expire after
-# the retention time (0 keeps them). A job's end settles its batches in the job store's
-# ending script, the other way a batch finishes.
-_SEAL = """
-redis.call('HSET', KEYS[1], 'sealed', 1)
-if redis.call('SCARD', KEYS[2]) > 0 then return 0 end
-if redis.call('HSETNX', KEYS[1], 'finished_at', ARGV[1]) == 0 then return 0 end
-if tonumber(ARGV[2]) > 0 then
-  for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, ARGV[2]) end
-end
-return 1
-"""
 
 
 @dataclass(frozen=True)
@@ -82,75 +49,70 @@ class BatchStore:
     def __init__(self, client: redis.Redis, prefix: str = "zq", record_ttl_s: int = 0) -> None:
         self.redis = client
         self.prefix = prefix
+        self.keys = Keys(prefix)
         self.record_ttl_s = record_ttl_s
-        self._add = client.register_script(_ADD)
-        self._seal = client.register_script(_SEAL)
-
-    def _key(self, batch_id: str, part: str = "") -> str:
-        return f"{self.prefix}:batch:{batch_id}{part}"
-
-    def _job_batches(self, job_id: str) -> str:
-        return f"{self.prefix}:jobbatches:{job_id}"
+        self._add = client.register_script(load("batch_add"))
+        self._seal = client.register_script(load("batch_seal"))
 
     def create(self, batch_id: str, meta: dict[str, Any]) -> bool:
         """Record a batch; False if it existed (a re-run of the same batch)."""
-        created = bool(self.redis.hsetnx(self._key(batch_id), "meta",
+        created = bool(self.redis.hsetnx(self.keys.batch(batch_id), "meta",
                                          json.dumps(meta, sort_keys=True)))
         if created:
-            self.redis.hset(self._key(batch_id), "created_at", time.time())
+            self.redis.hset(self.keys.batch(batch_id), "created_at", time.time())
         return created
 
     def exists(self, batch_id: str) -> bool:
         """Whether a batch with that id was ever created."""
-        return bool(self.redis.exists(self._key(batch_id)))
+        return bool(self.redis.exists(self.keys.batch(batch_id)))
 
     def sealed(self, batch_id: str) -> bool:
         """Whether every row of the batch was added (a run cut short is not sealed)."""
-        return self.redis.hget(self._key(batch_id), "sealed") == "1"
+        return self.redis.hget(self.keys.batch(batch_id), "sealed") == "1"
 
     def meta(self, batch_id: str) -> dict[str, Any]:
         """What the batch was created with (source, defaults, webhook...)."""
-        raw = self.redis.hget(self._key(batch_id), "meta")
+        raw = self.redis.hget(self.keys.batch(batch_id), "meta")
         return cast(dict[str, Any], json.loads(cast(str, raw))) if raw else {}
 
     def add_row(self, batch_id: str, row: BatchRow) -> None:
         """Record a row; a row with a job joins the batch's pending set unless it ended."""
         payload = json.dumps({"line": row.line, "sku": row.sku, "job_id": row.job_id,
                               "error": row.error})
-        self.redis.hset(self._key(batch_id, ":rows"), str(row.line), payload)
+        self.redis.hset(self.keys.batch(batch_id, ":rows"), str(row.line), payload)
         if row.job_id is not None:
-            keys = [f"{self.prefix}:job:{row.job_id}", self._key(batch_id, ":pending"),
-                    self._job_batches(row.job_id), self._key(batch_id)]
-            self._add(keys=keys, args=[batch_id, row.job_id,
-                                       batch_channel(self.prefix, batch_id)])
+            keys = [self.keys.job(row.job_id), self.keys.batch(batch_id, ":pending"),
+                    self.keys.job_batches(row.job_id), self.keys.batch(batch_id)]
+            self._add(keys=keys, args=[batch_id, row.job_id, self.keys.batch_progress(batch_id)])
 
     def rows(self, batch_id: str) -> list[BatchRow]:
         """Every recorded row, in manifest order."""
-        raw = cast(dict[str, str], self.redis.hgetall(self._key(batch_id, ":rows")))
+        raw = cast(dict[str, str], self.redis.hgetall(self.keys.batch(batch_id, ":rows")))
         rows = [BatchRow(**json.loads(value)) for value in raw.values()]
         return sorted(rows, key=lambda row: row.line)
 
     def seal(self, batch_id: str) -> bool:
         """Mark every row added; True if that finished the batch (all its jobs had ended)."""
-        keys = [self._key(batch_id), self._key(batch_id, ":pending"), self._key(batch_id, ":rows")]
+        keys = [self.keys.batch(batch_id), self.keys.batch(batch_id, ":pending"),
+                self.keys.batch(batch_id, ":rows")]
         return bool(self._seal(keys=keys, args=[time.time(), self.record_ttl_s]))
 
     def progress(self, batch_id: str) -> BatchProgress:
         """How many of the batch's distinct jobs have ended, by status; O(1).
 
         Kept by the scripts that add rows and end jobs, in the same atomic step; each
-        change is also published on :func:`common.push.batch_channel` with the job's id.
+        change is also published on :meth:`common.keys.Keys.batch_progress` with the job's id.
         """
         values = cast(list[str | None], self.redis.hmget(
-            self._key(batch_id), ["jobs_ended", *(f"jobs_{s.value}" for s in _ENDED)]))
+            self.keys.batch(batch_id), ["jobs_ended", *(f"jobs_{s.value}" for s in _ENDED)]))
         ended, succeeded, failed, cancelled = (int(v or 0) for v in values)
         return BatchProgress(ended, succeeded, failed, cancelled)
 
     def channel(self, batch_id: str) -> str:
         """The pub/sub channel naming each of the batch's jobs as it ends."""
-        return batch_channel(self.prefix, batch_id)
+        return self.keys.batch_progress(batch_id)
 
     def finished_at(self, batch_id: str) -> float | None:
         """When the batch's last job ended, or None while it runs."""
-        value = self.redis.hget(self._key(batch_id), "finished_at")
+        value = self.redis.hget(self.keys.batch(batch_id), "finished_at")
         return float(cast(str, value)) if value else None

@@ -16,6 +16,8 @@ from typing import Any, cast
 
 import redis
 
+from common.keys import Keys
+
 # Why a message was refused: short, stable codes (a metrics label), from the outermost
 # layer of a message inwards.
 ENVELOPE = "envelope"  # not a broker envelope: not JSON, not UTF-8, body not decodable
@@ -99,7 +101,7 @@ class DeadLetterStore:
         if max_len < 1:
             raise ValueError(f"max_len must be at least 1, got {max_len}")
         self.redis = client
-        self.key = f"{prefix}:dead_letters"
+        self.key = Keys(prefix).dead_letters
         self.max_len = max_len
 
     @classmethod

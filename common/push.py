@@ -1,9 +1,11 @@
 """Waiting without polling: the Redis pub/sub channels the job store publishes on.
 
-The Lua that ends a job (``_ENDING_LIB`` in :mod:`common.jobstore`) publishes on
+The Lua that ends a job (``common/lua/ending_lib.lua``) publishes on these channels, their
+names built by :mod:`common.keys`:
 
-* ``{prefix}:ended:{job_id}`` -- the job's new status, once its record is terminal
-  (again, harmlessly, when a later webhook or batch settles it);
+* ``{prefix}:ended:{job_id}`` -- the job's record (a JSON array of field, value, ...),
+  once it is terminal (again, harmlessly, when a later webhook or batch settles it);
+  published only while someone listens;
 * ``{prefix}:batch-progress:{batch_id}`` -- the id of a job of that batch that ended,
   as the batch's counters change (:meth:`common.batches.BatchStore.progress`);
 * ``{prefix}:webhooks:wake`` -- a subject id, whenever a webhook becomes owed.
@@ -17,12 +19,15 @@ subject so that publishing costs O(1) when nobody listens.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 from types import TracebackType
 
 import redis
 from redis.client import PubSub
+
+from common.keys import Keys
 
 FALLBACK_POLL_S = 2.0
 """Default re-read interval of a waiter, in case a pushed message was lost."""
@@ -31,18 +36,29 @@ _CONFIRM_TIMEOUT_S = 10.0
 
 
 def job_channel(prefix: str, job_id: str) -> str:
-    """Where the job's terminal status is published."""
-    return f"{prefix}:ended:{job_id}"
+    """Where the job's record is published once it is terminal (while someone listens)."""
+    return Keys(prefix).ended(job_id)
 
 
 def batch_channel(prefix: str, batch_id: str) -> str:
     """Where the id of each of a batch's jobs that ends is published."""
-    return f"{prefix}:batch-progress:{batch_id}"
+    return Keys(prefix).batch_progress(batch_id)
 
 
 def webhook_wake_channel(prefix: str) -> str:
     """Where a subject id is published when a webhook becomes owed."""
-    return f"{prefix}:webhooks:wake"
+    return Keys(prefix).webhooks_wake
+
+
+def ended_record(data: str) -> dict[str, str] | None:
+    """The record fields an ``ended`` message carries; None if it carries none."""
+    try:
+        flat = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(flat, list) or len(flat) % 2 or not all(isinstance(v, str) for v in flat):
+        return None
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _text(value: str | bytes) -> str:

@@ -17,6 +17,7 @@ from typing import Any, cast
 import redis
 
 from common.job import ModelType
+from common.keys import Keys
 from common.queueing import PRIORITY_STEPS, queue_name
 
 KOMBU_PRIORITY_SEP = "\x06\x16"
@@ -53,6 +54,7 @@ def read_loads(client: redis.Redis, prefix: str = "zq",
     """The load of every model type's queue."""
     now = time.time() if now is None else now
     reserved = _reserved_by_queue(client)
+    keys = Keys(prefix)
     loads = []
     for model in ModelType:
         lists = priority_lists(model)
@@ -61,16 +63,16 @@ def read_loads(client: redis.Redis, prefix: str = "zq",
             pipe.llen(name)
         for name in lists:
             pipe.lindex(name, -1)  # kombu pushes left and pops right: the oldest is last
-        pipe.scard(f"{prefix}:running:{model.value}")
-        pipe.smembers(f"{prefix}:workers:{model.value}")
+        pipe.scard(keys.running(model))
+        pipe.smembers(keys.workers(model))
         results = pipe.execute()
         lengths, tails = results[: len(lists)], results[len(lists): 2 * len(lists)]
         running, worker_ids = results[-2], results[-1]
-        workers, ready = _workers(client, prefix, worker_ids)
+        workers, ready = _workers(client, keys, worker_ids)
         loads.append(QueueLoad(
             model=model, waiting=sum(int(n) for n in lengths),
             reserved=reserved.get(queue_name(model), 0), running=int(running),
-            oldest_waiting_s=_oldest_age(client, prefix, tails, now),
+            oldest_waiting_s=_oldest_age(client, keys, tails, now),
             workers=workers, ready_workers=ready))
     return loads
 
@@ -86,13 +88,13 @@ def _reserved_by_queue(client: redis.Redis) -> dict[str, int]:
     return counts
 
 
-def _oldest_age(client: redis.Redis, prefix: str, tails: list[Any], now: float) -> float:
+def _oldest_age(client: redis.Redis, keys: Keys, tails: list[Any], now: float) -> float:
     oldest = now
     for raw in tails:
         job_id = message_job_id(raw)
         if job_id is None:
             continue
-        queued_at = client.hget(f"{prefix}:job:{job_id}", "queued_at")
+        queued_at = client.hget(keys.job(job_id), "queued_at")
         if queued_at:
             oldest = min(oldest, float(queued_at))
     return max(now - oldest, 0.0)
@@ -114,11 +116,11 @@ def message_job_id(raw: Any) -> str | None:
         return None  # not one of ours: a message a worker will dead-letter
 
 
-def _workers(client: redis.Redis, prefix: str, worker_ids: Any) -> tuple[int, int]:
+def _workers(client: redis.Redis, keys: Keys, worker_ids: Any) -> tuple[int, int]:
     alive = ready = 0
     for worker_id in worker_ids:
         name = worker_id.decode() if isinstance(worker_id, bytes) else str(worker_id)
-        flag = client.hget(f"{prefix}:worker:{name}", "ready")
+        flag = client.hget(keys.worker(name), "ready")
         if flag is None:
             continue  # its record expired: the worker stopped beating
         alive += 1

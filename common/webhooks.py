@@ -6,7 +6,8 @@ one Lua script, O(1), no network, so a GPU worker never waits on a receiver. A
 separate dispatcher (``zq webhooks``, :mod:`producer.webhooks`) takes due deliveries
 and makes the HTTP calls, retrying with backoff.
 
-Keys, under the prefix:
+Keys, under the prefix (built by :mod:`common.keys`; the scripts are
+``common/lua/webhook_*.lua``):
 
 * ``{prefix}:webhook:{kind}:{id}`` -- a hash per subject: url, delivery id, status
   (``pending``/``delivered``/``failed``), attempts, last error and status code, times.
@@ -32,6 +33,8 @@ from urllib.parse import urlsplit
 import redis
 
 from common.errors import InvalidJob
+from common.keys import Keys
+from common.scripts import load
 
 KINDS = frozenset({"batch", "campaign_run", "job"})
 """What a webhook can be owed for."""
@@ -39,50 +42,6 @@ KINDS = frozenset({"batch", "campaign_run", "job"})
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 MAX_URL_LENGTH = 2048
 _URL_RULE = "an http(s) URL with a host, no credentials, at most 2048 characters"
-
-# KEYS: record, due set. ARGV: kind, subject id, url, delivery id, now, member
-_ENQUEUE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'kind', ARGV[1], 'id', ARGV[2], 'url', ARGV[3],
-           'delivery_id', ARGV[4], 'status', 'pending', 'attempts', 0,
-           'created_at', ARGV[5], 'next_attempt_at', ARGV[5])
-redis.call('ZADD', KEYS[2], ARGV[5], ARGV[6])
-return 1
-"""
-
-# KEYS: record, due set. ARGV: member, due by, lease until, now
-# Returns {attempt, url, delivery id}, or false if someone else took it first.
-_CLAIM = """
-local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if not score or tonumber(score) > tonumber(ARGV[2]) then return false end
-if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  return false
-end
-local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('HSET', KEYS[1], 'attempted_at', ARGV[4], 'next_attempt_at', ARGV[3])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-return {attempt, redis.call('HGET', KEYS[1], 'url'), redis.call('HGET', KEYS[1], 'delivery_id')}
-"""
-
-# KEYS: record, due set. ARGV: member, attempt, outcome, now, next at, error, status code, ttl
-# A settled record expires after the retention time (0 keeps it).
-_SETTLE = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return 0 end
-if redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[2] then return 0 end
-if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'status_code', ARGV[7]) end
-if ARGV[3] == 'retry' then
-  redis.call('HSET', KEYS[1], 'last_error', ARGV[6], 'next_attempt_at', ARGV[5])
-  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
-  return 1
-end
-if ARGV[3] == 'failed' then redis.call('HSET', KEYS[1], 'last_error', ARGV[6]) end
-redis.call('HSET', KEYS[1], 'status', ARGV[3], 'finished_at', ARGV[4])
-redis.call('HDEL', KEYS[1], 'next_attempt_at')
-redis.call('ZREM', KEYS[2], ARGV[1])
-if tonumber(ARGV[8]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[8]) end
-return 1
-"""
 
 
 @dataclass(frozen=True)
@@ -163,20 +122,21 @@ class WebhookOutbox:
     def __init__(self, client: redis.Redis, prefix: str = "zq", record_ttl_s: int = 0) -> None:
         self.redis = client
         self.prefix = prefix
+        self.keys = Keys(prefix)
         self.record_ttl_s = record_ttl_s
-        self._enqueue = client.register_script(_ENQUEUE)
-        self._claim = client.register_script(_CLAIM)
-        self._settle = client.register_script(_SETTLE)
+        self._enqueue = client.register_script(load("webhook_enqueue"))
+        self._claim = client.register_script(load("webhook_claim"))
+        self._settle = client.register_script(load("webhook_settle"))
 
     # -- keys ---------------------------------------------------------------
     def record_key(self, kind: str, subject_id: str) -> str:
         """The hash recording one subject's webhook."""
-        return f"{self.prefix}:webhook:{kind}:{subject_id}"
+        return self.keys.webhook(kind, subject_id)
 
     @property
     def due_key(self) -> str:
         """The sorted set of owed deliveries, scored by next attempt time."""
-        return f"{self.prefix}:webhooks:due"
+        return self.keys.webhooks_due
 
     # -- owing ----------------------------------------------------------------
     def enqueue(self, subject_kind: str, subject_id: str, url: str) -> bool:

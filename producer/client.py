@@ -22,7 +22,7 @@ from common.images import InputLimits, check_byte_size, check_mask_size, load_in
 from common.job import KEY_PATTERN, JobKind, JobSpec, new_job
 from common.jobstore import JobStore
 from common.layout import upload_key
-from common.push import FALLBACK_POLL_S, Subscription, job_channel
+from common.push import FALLBACK_POLL_S, Subscription, ended_record, job_channel
 from common.queueing import make_celery, publish_specs
 from common.settings import Settings
 from common.status import JobRecord, JobStatus
@@ -251,8 +251,28 @@ class Client:
                 if messages is None:  # the connection dropped: anything may have ended
                     stale, last_read = pending, time.monotonic()
                 else:
-                    named = {channels[channel] for channel, _ in messages if channel in channels}
+                    named = self._take_ended(messages, channels, ended)
                     stale = [job_id for job_id in pending if job_id in named]
+
+    @staticmethod
+    def _take_ended(messages: list[tuple[str, str]], channels: dict[str, str],
+                    ended: dict[str, JobRecord]) -> list[str]:
+        """Records that came with their messages go to ``ended``; the ids to read back."""
+        named = []
+        for channel, data in messages:
+            job_id = channels.get(channel)
+            if job_id is None:
+                continue  # a channel of an earlier wait on this connection
+            fields = ended_record(data)
+            try:
+                record = JobRecord.from_hash(fields) if fields else None
+            except (ValueError, KeyError):
+                record = None
+            if record is not None and record.status.terminal:
+                ended[job_id] = record
+            else:
+                named.append(job_id)
+        return named
 
     @contextlib.contextmanager
     def _subscribed(self, channels: list[str]) -> Iterator[Subscription]:

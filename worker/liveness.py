@@ -32,6 +32,7 @@ from common.aging import promote_overdue
 from common.job import MAX_PRIORITY, JobSpec, ModelType
 from common.jobstore import JobStore
 from common.queueing import publish_jobs
+from common.scripts import load
 from common.status import JobRecord
 from worker.execute import CurrentJob
 from worker.health import Health, write_health
@@ -45,22 +46,6 @@ PRUNE_INTERVAL_S = 60.0
 # beat), and shorter than a lease (3 beats) minus a beat, so a dead holder's successor is
 # elected, and beating, before the dead holder's own job's lease runs out.
 CHORES_LOCK_BEATS = 1.5
-# Takes the lock if it is free or already this worker's, and (re)starts its expiry.
-_ELECT = """
-local holder = redis.call('get', KEYS[1])
-if holder and holder ~= ARGV[1] then return 0 end
-redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[2])
-return 1
-"""
-# Gives the lock up only if this worker still holds it.
-_RESIGN = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
-"""
-# Records the job's stall unless the job has gone (an HSET would leave a record without a spec).
-_RECORD_STALL = """
-if redis.call('exists', KEYS[1]) == 1 then redis.call('hset', KEYS[1], unpack(ARGV)) end
-"""
 
 
 class WorkerRegistry:
@@ -69,7 +54,7 @@ class WorkerRegistry:
     def __init__(self, jobs: JobStore, worker_id: str, model: ModelType, ttl_s: int) -> None:
         self.redis = jobs.redis
         self.key = jobs.worker_key(worker_id)
-        self.index = f"{jobs.prefix}:workers:{model.value}"
+        self.index = jobs.keys.workers(model)
         self.worker_id = worker_id
         self.ttl_s = ttl_s
         self.redis.hset(self.key, mapping={"model": model.value, "pid": os.getpid(),
@@ -114,11 +99,11 @@ class ChoresLock:
     """
 
     def __init__(self, jobs: JobStore, model: ModelType, worker_id: str, ttl_s: float) -> None:
-        self.key = f"{jobs.prefix}:chores:{model.value}"
+        self.key = jobs.keys.chores(model)
         self.worker_id = worker_id
         self.ttl_ms = max(int(ttl_s * 1000), 1)
-        self._elect = jobs.redis.register_script(_ELECT)
-        self._resign = jobs.redis.register_script(_RESIGN)
+        self._elect = jobs.redis.register_script(load("chores_elect"))
+        self._resign = jobs.redis.register_script(load("chores_resign"))
 
     def acquire(self) -> bool:
         """Take or renew the lock; whether this worker holds it now (one command)."""
@@ -134,10 +119,10 @@ def orphaned_jobs(jobs: JobStore, model: ModelType) -> list[str]:
 
     ``JobStore.orphaned`` asks for each lease in turn; this asks for all of them at once.
     """
-    running = sorted(cast(set[str], jobs.redis.smembers(jobs._running_key(model))))
+    running = sorted(cast(set[str], jobs.redis.smembers(jobs.keys.running(model))))
     pipe = jobs.redis.pipeline(transaction=False)
     for job_id in running:
-        pipe.exists(jobs._lease_key(job_id))
+        pipe.exists(jobs.keys.lease(job_id))
     leased: list[Any] = pipe.execute() if running else []
     return [job_id for job_id, alive in zip(running, leased, strict=True) if not alive]
 
@@ -171,6 +156,8 @@ class Liveness(threading.Thread):
         self.stopping = threading.Event()
         self.next_prune = 0.0
         self.chores = ChoresLock(jobs, model, worker_id, self.interval_s * CHORES_LOCK_BEATS)
+        # Read now: a worker giving up on a hung job should not be reading files.
+        self._record_stall = load("record_stall")
 
     def run(self) -> None:
         """Beat until stopped; an error in one beat is logged, never fatal."""
@@ -209,7 +196,7 @@ class Liveness(threading.Thread):
         give_up(stall, [
             self.write_health,
             lambda: self.registry.update(ready=0, stalled=stall.reason()),
-            lambda: self.jobs.redis.eval(_RECORD_STALL, 1, key, "stalled_on", self.worker_id,
+            lambda: self.jobs.redis.eval(self._record_stall, 1, key, "stalled_on", self.worker_id,
                                          "stall_reason", stall.reason()),
         ])
 

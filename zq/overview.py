@@ -9,6 +9,7 @@ import redis
 
 from common.deadletters import DeadLetterStore
 from common.job import ModelType
+from common.keys import Keys
 from common.queueload import read_loads
 
 
@@ -34,13 +35,13 @@ def overview(client: redis.Redis, prefix: str, newest_letters: int = 5) -> dict[
 
 
 def _workers(client: redis.Redis, prefix: str) -> list[dict[str, Any]]:
+    keys = Keys(prefix)
     workers = []
     for model in ModelType:
-        names = sorted(_text(n) for n in cast(set[Any],
-                                              client.smembers(f"{prefix}:workers:{model.value}")))
+        names = sorted(_text(n) for n in cast(set[Any], client.smembers(keys.workers(model))))
         for name in names:
             fields = {_text(k): _text(v) for k, v in cast(
-                dict[Any, Any], client.hgetall(f"{prefix}:worker:{name}")).items()}
+                dict[Any, Any], client.hgetall(keys.worker(name))).items()}
             if not fields:
                 continue  # its record expired: the worker stopped beating
             port = fields.get("metrics_port")

@@ -1,6 +1,6 @@
 """What the ComfyUI routes remember in Redis: uploads by name, prompts and their jobs.
 
-Keys, under the settings' key prefix:
+Keys, under the settings' key prefix (built by :mod:`common.keys`):
 
 * ``{prefix}:comfy:upload:{name}`` -> the storage key of an image uploaded as ``name``
   (``subfolder/file`` or ``file``, as ComfyUI lists its input folder); the set
@@ -23,6 +23,7 @@ from typing import Any, cast
 
 from common.errors import JobNotFound
 from common.job import ID_PATTERN
+from common.keys import Keys
 from common.status import JobRecord, JobStatus
 from producer.client import Client
 
@@ -65,40 +66,40 @@ class ComfyState:
     def __init__(self, client: Client) -> None:
         self.client = client
         self.redis = client.jobs.redis
-        self.prefix = f"{client.settings.key_prefix}:comfy"
+        self.keys = Keys(client.settings.key_prefix)
         self.ttl_s = client.settings.record_ttl_s
 
     # -- uploads -------------------------------------------------------------
     def upload_key(self, name: str) -> str | None:
         """The storage key uploaded as ``name``, or None."""
-        found = self.redis.get(f"{self.prefix}:upload:{name}")
+        found = self.redis.get(self.keys.comfy_upload(name))
         return cast(str | None, found)
 
     def remember_upload(self, name: str, key: str) -> None:
         """Name an uploaded storage key; uploads are kept until overwritten."""
         pipe = self.redis.pipeline()
-        pipe.set(f"{self.prefix}:upload:{name}", key)
-        pipe.sadd(f"{self.prefix}:uploads", name)
+        pipe.set(self.keys.comfy_upload(name), key)
+        pipe.sadd(self.keys.comfy_uploads, name)
         pipe.execute()
 
     def upload_names(self) -> list[str]:
         """Every uploaded name, sorted."""
-        return sorted(cast(set[str], self.redis.smembers(f"{self.prefix}:uploads")))
+        return sorted(cast(set[str], self.redis.smembers(self.keys.comfy_uploads)))
 
     # -- prompts -------------------------------------------------------------
     def next_number(self) -> int:
         """The next prompt number (ComfyUI's queue position)."""
-        return int(self.redis.incr(f"{self.prefix}:number"))
+        return int(self.redis.incr(self.keys.comfy_number))
 
     def save(self, record: PromptRecord) -> None:
         """Record a submitted prompt and index it as active."""
-        key = f"{self.prefix}:prompt:{record.prompt_id}"
+        key = self.keys.comfy_prompt(record.prompt_id)
         pipe = self.redis.pipeline()
         pipe.set(key, json.dumps(asdict(record)), ex=self.ttl_s or None)
-        pipe.zadd(f"{self.prefix}:prompts", {record.prompt_id: record.number})
-        pipe.zadd(f"{self.prefix}:active", {record.prompt_id: record.number})
+        pipe.zadd(self.keys.comfy_prompts, {record.prompt_id: record.number})
+        pipe.zadd(self.keys.comfy_active, {record.prompt_id: record.number})
         if ID_PATTERN.fullmatch(record.client_id):
-            by_client = f"{self.prefix}:client:{record.client_id}"
+            by_client = self.keys.comfy_client(record.client_id)
             pipe.zadd(by_client, {record.prompt_id: record.number})
             pipe.zremrangebyrank(by_client, 0, -MAX_HISTORY - 1)
             if self.ttl_s:
@@ -107,18 +108,18 @@ class ComfyState:
 
     def number(self) -> int:
         """The number of the latest prompt (0 before any)."""
-        return int(cast(str | None, self.redis.get(f"{self.prefix}:number")) or 0)
+        return int(cast(str | None, self.redis.get(self.keys.comfy_number)) or 0)
 
     def client_prompts(self, client_id: str, after: int) -> list[tuple[str, int]]:
         """(prompt id, number) of the client's prompts numbered above ``after``."""
-        found = self.redis.zrangebyscore(f"{self.prefix}:client:{client_id}",
+        found = self.redis.zrangebyscore(self.keys.comfy_client(client_id),
                                          f"({after}", "+inf", withscores=True)
         return [(prompt_id, int(score)) for prompt_id, score in
                 cast(list[tuple[str, float]], found)]
 
     def load(self, prompt_id: str) -> PromptRecord | None:
         """The prompt's record, or None if unknown or expired."""
-        raw = self.redis.get(f"{self.prefix}:prompt:{prompt_id}")
+        raw = self.redis.get(self.keys.comfy_prompt(prompt_id))
         if not raw:
             return None
         return PromptRecord(**json.loads(cast(str, raw)))
@@ -128,9 +129,9 @@ class ComfyState:
         if not prompt_ids:
             return
         pipe = self.redis.pipeline()
-        pipe.zrem(f"{self.prefix}:prompts", *prompt_ids)
-        pipe.zrem(f"{self.prefix}:active", *prompt_ids)
-        pipe.delete(*(f"{self.prefix}:prompt:{p}" for p in prompt_ids))
+        pipe.zrem(self.keys.comfy_prompts, *prompt_ids)
+        pipe.zrem(self.keys.comfy_active, *prompt_ids)
+        pipe.delete(*(self.keys.comfy_prompt(p) for p in prompt_ids))
         pipe.execute()
 
     def jobs(self, record: PromptRecord) -> list[JobRecord | None]:
@@ -145,7 +146,7 @@ class ComfyState:
 
     def active(self) -> list[tuple[PromptRecord, list[JobRecord | None]]]:
         """Unfinished prompts by number, with their jobs; finished ones leave the index."""
-        ids = cast(list[str], self.redis.zrange(f"{self.prefix}:active", 0, -1))
+        ids = cast(list[str], self.redis.zrange(self.keys.comfy_active, 0, -1))
         result, done = [], []
         for prompt_id in ids:
             record = self.load(prompt_id)
@@ -155,13 +156,13 @@ class ComfyState:
             else:
                 result.append((record, jobs))
         if done:
-            self.redis.zrem(f"{self.prefix}:active", *done)
+            self.redis.zrem(self.keys.comfy_active, *done)
         return result
 
     def history_ids(self, max_items: int | None) -> list[str]:
         """The newest prompt ids (at most ``max_items``), oldest first."""
         count = min(max_items or MAX_HISTORY, MAX_HISTORY)
-        ids = cast(list[str], self.redis.zrange(f"{self.prefix}:prompts", -count, -1))
+        ids = cast(list[str], self.redis.zrange(self.keys.comfy_prompts, -count, -1))
         return ids
 
 

@@ -130,6 +130,26 @@ def test_waiter_subscribed_before_the_end_is_woken_by_the_publish(client: Client
     assert pubsub_clients(client.jobs, before) == []  # unsubscribed from everything
 
 
+def test_the_ended_message_carries_the_record_so_it_is_not_read_back(
+        client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    reads: list[list[str]] = []
+    read = client._read
+
+    def counted(job_ids: list[str]) -> list[JobRecord]:
+        reads.append(list(job_ids))
+        return read(job_ids)
+
+    monkeypatch.setattr(client, "_read", counted)
+    spec = submitted(client.jobs)
+    waiting = Waiting(lambda: client.wait(spec.job_id, 60, poll_s=SLOW_FALLBACK_S))
+    until(lambda: subscribers(client.jobs, job_channel(client.jobs.prefix, spec.job_id)) == 1)
+    time.sleep(0.2)
+    succeed(client.jobs, spec)
+    record: JobRecord = waiting.join(PUSHED_WITHIN_S)
+    assert (record.status, record.image) == (JobStatus.SUCCEEDED, f"img/{spec.job_id}.png")
+    assert [ids for ids in reads if ids] == [[spec.job_id]]  # the end came with its record
+
+
 def test_a_thread_keeps_one_connection_for_all_its_waits(client: Client) -> None:
     def connections_received() -> int:
         return int(client.jobs.redis.info("stats")["total_connections_received"])
