@@ -17,17 +17,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from celery import Celery
-
 from common.job import MAX_PRIORITY, ModelType
 from common.jobstore import JobStore
-from common.queueing import publish
+from common.queueing import Sender, publish
 from common.queueload import message_job_id, priority_lists
 
 OLDEST_PER_LIST = 20
 
 
-def promote_overdue(jobs: JobStore, app: Celery, model: ModelType, max_wait_s: float,
+def promote_overdue(jobs: JobStore, app: Sender, model: ModelType, max_wait_s: float,
                     now: float | None = None) -> list[str]:
     """Publish a top-priority message for each overdue queued job; returns their ids."""
     now = time.time() if now is None else now

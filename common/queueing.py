@@ -7,7 +7,7 @@ timeout above the longest job, warm shutdown on SIGTERM, JSON only, events for F
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, TypeAlias
 
 from celery import Celery
 from kombu.entity import Queue
@@ -87,13 +87,27 @@ def make_celery(settings: Settings, name: str = "zq") -> Celery:
     return app
 
 
-def publish(app: Celery, spec: JobSpec, priority: int | None = None) -> None:
+class Publisher(Protocol):
+    """Where job messages go other than a Celery broker: e.g. a queue in this process."""
+
+    def publish(self, spec: JobSpec, priority: int | None = None) -> None:
+        """Send "job X is ready" for ``spec`` (``priority`` overrides the spec's)."""
+
+
+# What the publishing functions send through: a Celery app, or any ``Publisher``.
+Sender: TypeAlias = Celery | Publisher
+
+
+def publish(app: Sender, spec: JobSpec, priority: int | None = None) -> None:
     """Send the message that says "job X is ready" to its model type's queue.
 
     The message carries only the job id: the record in Redis holds the spec, and
     images travel as storage keys, never inside messages. ``priority`` overrides the
     spec's (priority aging).
     """
+    if not isinstance(app, Celery):
+        app.publish(spec, priority)
+        return
     queue = queue_name(spec.model)
     app.send_task(
         TASK_NAMES[spec.kind],
@@ -104,7 +118,7 @@ def publish(app: Celery, spec: JobSpec, priority: int | None = None) -> None:
     )
 
 
-def publish_jobs(app: Celery, jobs: JobStore, job_ids: list[str],
+def publish_jobs(app: Sender, jobs: JobStore, job_ids: list[str],
                  priority: int | None = None) -> None:
     """Publish queued jobs and mark them sent; ``priority`` overrides their own.
 
@@ -114,7 +128,7 @@ def publish_jobs(app: Celery, jobs: JobStore, job_ids: list[str],
     publish_specs(app, jobs, [jobs.get(job_id).spec for job_id in job_ids], priority)
 
 
-def publish_specs(app: Celery, jobs: JobStore, specs: list[JobSpec],
+def publish_specs(app: Sender, jobs: JobStore, specs: list[JobSpec],
                   priority: int | None = None) -> None:
     """``publish_jobs`` for specs already in hand (no record read)."""
     for spec in specs:

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import redis
-from celery import Celery
 
 from common.errors import (
     BadInputImage,
@@ -41,7 +40,7 @@ from common.images import InputImage, InputLimits, load_input, match_mask
 from common.job import JobSpec, ModelType
 from common.jobstore import JobStore
 from common.layout import CONTENT_TYPES, image_key, manifest_key
-from common.queueing import publish, publish_jobs
+from common.queueing import Sender, publish, publish_jobs
 from common.settings import Settings
 from common.status import JobRecord, JobStatus
 from common.storage import ObjectStore
@@ -139,7 +138,7 @@ class JobRunner:
     """Runs jobs for one worker process: renders on the caller's thread, stores on its own."""
 
     def __init__(self, settings: Settings, worker_id: str, jobs: JobStore, store: ObjectStore,
-                 app: Celery, renderer: JobRenderer, hooks: HookSet | None = None,
+                 app: Sender, renderer: JobRenderer, hooks: HookSet | None = None,
                  current: CurrentJob | None = None, model: ModelType | None = None) -> None:
         self.settings = settings
         # The model this worker holds: a job of another type is sent on, not run (None:

@@ -26,12 +26,10 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
-from celery import Celery
-
 from common.aging import promote_overdue
 from common.job import MAX_PRIORITY, JobSpec, ModelType
 from common.jobstore import JobStore
-from common.queueing import publish_jobs
+from common.queueing import Sender, publish_jobs
 from common.scripts import load
 from common.status import JobRecord
 from worker.execute import CurrentJob
@@ -135,7 +133,7 @@ class Liveness(threading.Thread):
     without progress for that long ends the worker instead (``worker.watchdog``).
     """
 
-    def __init__(self, jobs: JobStore, app: Celery, model: ModelType, worker_id: str,
+    def __init__(self, jobs: JobStore, app: Sender, model: ModelType, worker_id: str,
                  current: CurrentJob, registry: WorkerRegistry, lease_ttl_s: int,
                  health_file: Path | None = None, max_wait_s: int = 0,
                  stall_timeout_s: int = 0) -> None:
