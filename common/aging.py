@@ -30,26 +30,30 @@ def promote_overdue(jobs: JobStore, app: Sender, model: ModelType, max_wait_s: f
     """Publish a top-priority message for each overdue queued job; returns their ids."""
     now = time.time() if now is None else now
     promoted = []
-    for job_id in overdue_jobs(jobs, model, max_wait_s, now):
-        if not jobs.redis.hsetnx(jobs.job_key(job_id), "promoted_at", now):
-            continue  # promoted before
+    for job_id in dict.fromkeys(overdue_jobs(jobs, model, max_wait_s, now)):
+        # Sent, then marked: whoever sees the mark can count on the message being queued
+        # (a crash in between only sends a second, harmless, duplicate next beat).
         publish(app, jobs.get(job_id).spec, priority=MAX_PRIORITY)
+        jobs.redis.hset(jobs.job_key(job_id), "promoted_at", now)
         promoted.append(job_id)
     return promoted
 
 
 def overdue_jobs(jobs: JobStore, model: ModelType, max_wait_s: float, now: float) -> list[str]:
-    """Queued jobs among the oldest messages of each lower-priority list that waited too long.
+    """Queued jobs not promoted yet, among the oldest messages of each lower-priority list,
+    that waited too long.
 
     List by list, oldest first; a job with two messages in view is named twice.
     """
     waiting = oldest_waiting(jobs, model)
     pipe = jobs.redis.pipeline(transaction=False)
     for job_id in waiting:
-        pipe.hmget(jobs.job_key(job_id), ["status", "queued_at"])
+        pipe.hmget(jobs.job_key(job_id), ["status", "queued_at", "promoted_at"])
     records: list[Any] = pipe.execute() if waiting else []
-    return [job_id for job_id, (status, queued_at) in zip(waiting, records, strict=True)
-            if status == "queued" and queued_at and now - float(queued_at) >= max_wait_s]
+    return [job_id for job_id, (status, queued_at, promoted_at)
+            in zip(waiting, records, strict=True)
+            if status == "queued" and queued_at and not promoted_at
+            and now - float(queued_at) >= max_wait_s]
 
 
 def oldest_waiting(jobs: JobStore, model: ModelType) -> list[str]:

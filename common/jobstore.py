@@ -229,8 +229,10 @@ class JobStore:
         """Record the step reached; returns whether a cancel was requested."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(self.job_key(job_id), mapping={"step": step, "total_steps": total})
+        # Same round trip; with nobody following the job it costs Redis a lookup.
+        pipe.publish(self.keys.progress(job_id), f"{step}/{total}")
         pipe.hget(self.job_key(job_id), "cancel")
-        cancel_flag: object = pipe.execute()[1]
+        cancel_flag: object = pipe.execute()[2]
         return cancel_flag == "1"
 
     def finish(self, spec: JobSpec, status: JobStatus, descendants_error: str = "",

@@ -93,6 +93,8 @@ key                       type    holds                                 written 
 {p}:ended:{id}            chan    the job's record (JSON field, value,  ending_lib
                                   ... array) once it ended, while
                                   someone listens
+{p}:progress:{id}         chan    "{step}/{total}" of a running job,    JobStore.report_progress
+                                  at most every 250 ms
 {p}:batch-progress:{id}   chan    the id of a job of the batch that     ending_lib, batch_add
                                   ended
 {p}:webhooks:wake         chan    {kind}:{id} whenever a webhook        ending_lib
@@ -221,6 +223,10 @@ class Keys:
     def ended(self, job_id: str) -> str:
         """The channel a job's record is published on when it ends."""
         return f"{self.prefix}:ended:{job_id}"
+
+    def progress(self, job_id: str) -> str:
+        """The channel a running job's step is published on (``{step}/{total}``)."""
+        return f"{self.prefix}:progress:{job_id}"
 
     def batch_progress(self, batch_id: str) -> str:
         """The channel naming each of a batch's jobs as it ends."""

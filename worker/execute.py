@@ -252,6 +252,14 @@ class JobRunner:
         """Store the result and end the job, however it goes."""
         record, spec = rendered.record, rendered.record.spec
         rendered.timings["handoff_wait"] = time.perf_counter() - rendered.handed_off
+        # A store within PROGRESS_INTERVAL_S ends the job (recording its last step) before
+        # anyone could tell; a slower one says "rendered" meanwhile. Either way, most jobs
+        # pay no round trip of their own for the last step.
+        steps = rendered.result.steps_run
+        last_step = threading.Timer(PROGRESS_INTERVAL_S, self._report_rendered,
+                                    (spec.job_id, steps))
+        last_step.daemon = True
+        last_step.start()
         try:
             for delay in (*STORE_RETRY_DELAYS_S, None):
                 try:
@@ -275,7 +283,17 @@ class JobRunner:
             self._fail(spec, error, status)
             self.hooks.finished(JobOutcome(record, status, rendered.timings, error))
         finally:
+            last_step.cancel()
             self.current.stored(spec.job_id)
+
+    def _report_rendered(self, job_id: str, steps: int) -> None:
+        """Record that every step is done while the job is still being stored."""
+        if not steps:
+            return
+        try:
+            self.jobs.report_progress(job_id, steps, steps)
+        except redis.RedisError as exc:
+            log.warning("job %s: last step not recorded: %s", job_id, exc)
 
     def _progress(self, spec: JobSpec) -> Callable[[int, int], bool]:
         deadline = time.monotonic() + self.settings.job_timeout_s
@@ -292,8 +310,8 @@ class JobRunner:
                                 f"at step {done} of {total}")
             self.hooks.progressed(spec, done, total)
             # Progress (and the cancel check with it) costs Redis a round trip: at most one
-            # per PROGRESS_INTERVAL_S however fast the steps. The last step is recorded by
-            # the job's end (a cancel then would come too late to save anything).
+            # per PROGRESS_INTERVAL_S however fast the steps. The last step is reported by
+            # the storing (``_store_and_finish``), once it takes long enough to matter.
             if done >= total or now - last_report[0] < PROGRESS_INTERVAL_S:
                 return False
             last_report[0] = now
@@ -369,10 +387,10 @@ class JobRunner:
         key = manifest_key(spec)
         self.store.put(key, json.dumps(manifest, indent=2).encode(), "application/json")
         width, height = result.image.size
+        steps = str(result.steps_run)
         ending = self.jobs.finish(spec, JobStatus.SUCCEEDED, counted_for=self.worker_id,
-                                  image=image, manifest=key,
-                                  width=str(width), height=str(height),
-                                  step=str(result.steps_run), total_steps=str(result.steps_run))
+                                  image=image, manifest=key, width=str(width),
+                                  height=str(height), step=steps, total_steps=steps)
         if ending is not None:
             pause_after_finish()
             publish_jobs(self.app, self.jobs, ending.released)

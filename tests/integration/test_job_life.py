@@ -91,7 +91,7 @@ def test_a_conversation_runs_turn_by_turn_as_each_parent_ends(
     records = [jobs.get(t.job_id) for t in turns]
     assert all(r.status is JobStatus.SUCCEEDED for r in records)
     assert [r.turn for r in records] == [0, 1, 2]
-    assert all((r.step, r.total_steps) == (1, 1) for r in records)  # recorded by the finish
+    assert all((r.step, r.total_steps) == (1, 1) for r in records)  # the last step, always
     assert [job_id for job_id, _ in queue.sent] == [t.job_id for t in turns]  # each once
     assert jobs.redis.hget(jobs.worker_key(WORKER), "jobs_done") == "3"
 

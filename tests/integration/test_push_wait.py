@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import threading
 import time
 from collections import Counter
@@ -27,10 +28,12 @@ from common.settings import Settings
 from common.status import JobRecord, JobStatus
 from common.webhook_policy import WebhookPolicy
 from common.webhooks import WebhookOutbox
+from producer.api import events
 from producer.batch import Batches
 from producer.batch_cli import follow
 from producer.client import Client, JobHandle
 from producer.webhooks import Dispatcher
+from tests.integration.conftest import in_process_api
 from tests.integration.test_webhooks import SECRET, Receiver
 
 pytestmark = pytest.mark.integration
@@ -371,3 +374,41 @@ def test_dispatcher_keeps_going_when_redis_connections_drop(client: Client) -> N
         until(lambda: subscribers(client.jobs, webhook_wake_channel(client.jobs.prefix)) == 1)
         owe_a_webhook(client, receiver)
         until(lambda: len(receiver.received()) == 1, PUSHED_WITHIN_S)
+
+
+# -- the API's event stream ---------------------------------------------------------------
+def test_the_event_stream_is_pushed_not_polled(settings: Settings, client: Client,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(events, "FALLBACK_S", SLOW_FALLBACK_S)  # only a publish is in time
+    spec = submitted(client.jobs)
+    progress = client.jobs.keys.progress(spec.job_id)
+
+    def drive() -> None:
+        until(lambda: subscribers(client.jobs, progress) == 1)
+        time.sleep(0.2)  # past the stream's first read
+        assert client.jobs.claim(spec, "w1", 30, 3).outcome == "claimed"
+        for step in (1, 2):
+            assert not client.jobs.report_progress(spec.job_id, step, 4)
+            time.sleep(0.3)
+        client.jobs.finish(spec, JobStatus.SUCCEEDED, image=f"img/{spec.job_id}.png")
+
+    started = time.monotonic()
+    driver = Waiting(drive)
+    frames: list[tuple[str, dict[str, Any]]] = []
+    for api in in_process_api(settings, client):
+        with api.stream("GET", f"/v1/jobs/{spec.job_id}/events") as stream:
+            name = ""
+            for line in stream.iter_lines():
+                if line.startswith("event: "):
+                    name = line.removeprefix("event: ")
+                elif line.startswith("data: "):
+                    frames.append((name, json.loads(line.removeprefix("data: "))))
+                    if name == "end":
+                        break
+    driver.join(PUSHED_WITHIN_S)
+    assert time.monotonic() - started < PUSHED_WITHIN_S
+    statuses = [data["status"] for name, data in frames if name == "status"]
+    assert statuses == ["queued", "running", "succeeded"]
+    assert [data["step"] for name, data in frames if name == "progress"] == [1, 2]
+    assert frames[-1][0] == "end" and frames[-1][1]["image"] == f"img/{spec.job_id}.png"
+    assert subscribers(client.jobs, progress) == 0  # the stream let go of its channels
