@@ -86,6 +86,9 @@ class Settings:
     # burst it may save up; counted per replica.
     api_rate_per_s: int = 20
     api_rate_burst: int = 40
+    # Celery's task events (what Flower shows): two publishes per job. A fleet too large
+    # for one Flower to follow can turn them off and save Redis the round trips.
+    task_events: bool = True
 
     @property
     def visibility_timeout_s(self) -> int:
@@ -147,6 +150,7 @@ class Settings:
             dead_letter_max=_int(env, "ZQ_DEAD_LETTER_MAX", base.dead_letter_max, 1),
             api_rate_per_s=_int(env, "ZQ_API_RATE_PER_S", base.api_rate_per_s, 1),
             api_rate_burst=_int(env, "ZQ_API_RATE_BURST", base.api_rate_burst, 1),
+            task_events=_flag(env, "ZQ_TASK_EVENTS", base.task_events),
         )
 
 

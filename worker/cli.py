@@ -38,11 +38,12 @@ def add_commands(commands: Any) -> None:
     tiny.set_defaults(handler=make_tiny)
 
 
-def worker_argv(model: ModelType, name: str, loglevel: str) -> list[str]:
+def worker_argv(model: ModelType, name: str, loglevel: str,
+                task_events: bool = True) -> list[str]:
     """The Celery worker command line ``zq worker`` runs (solo pool, one queue, events)."""
     return ["worker", "-Q", queue_name(model), "--pool=solo", "--concurrency=1",
-            "--task-events", "--hostname", name, "--loglevel", loglevel,
-            "--without-mingle", "--without-gossip"]
+            *(["--task-events"] if task_events else []), "--hostname", name,
+            "--loglevel", loglevel, "--without-mingle", "--without-gossip"]
 
 
 def run_worker(args: argparse.Namespace) -> int:
@@ -58,7 +59,8 @@ def run_worker(args: argparse.Namespace) -> int:
     name = args.name or f"zq-{model.value}@{socket.gethostname()}-{os.getpid()}"
     from worker import celery_app
 
-    code = start_celery(celery_app.app, worker_argv(model, name, args.loglevel))
+    code = start_celery(celery_app.app, worker_argv(model, name, args.loglevel,
+                                                    celery_app.settings.task_events))
     return exit_status(celery_app.exit_code, code)
 
 

@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from common.job import ModelType, new_job
+from common.settings import Settings
 from producer.client import Client
 from tests.integration.cluster import Cluster
 
@@ -63,3 +64,19 @@ def test_commands_per_job_stay_within_budget(cluster: Cluster, client: Client) -
 
     assert net_of("evalsha") <= 3 * JOBS + 5, top  # +5: a beat may fall in either window
     assert net_of("hgetall") <= 3 * JOBS + 2, top  # in the claim; the waiter's two reads
+
+
+def test_without_task_events_a_job_publishes_only_its_end(cluster: Cluster) -> None:
+    cluster.start(ModelType.TURBO, extra_env={"ZQ_TASK_EVENTS": "0"})
+    client = Client(Settings.from_env({**cluster.env, "ZQ_TASK_EVENTS": "0"}))
+    server = redis.Redis.from_url(cluster.redis_url, decode_responses=True)
+    time.sleep(1.0)
+    server.config_resetstat()
+    specs = [new_job("generate", prompt=f"quiet {i}", width=32, height=32, steps=2,
+                     model="turbo", seed=i) for i in range(JOBS)]
+    for spec in specs:
+        client.submit(spec)
+    for spec in specs:
+        assert client.wait(spec.job_id, timeout_s=120).status.value == "succeeded"
+    # One publish per job: its end, to the waiting client (with events: three).
+    assert commands(server).get("publish", 0) <= JOBS + 2

@@ -65,6 +65,7 @@ OVERRIDES: list[tuple[str, str, str, Any]] = [
     ("ZQ_WARMUP_SIZE_PX", "1024, 768x1344", "warmup_sizes_px", ((1024, 1024), (768, 1344))),
     ("ZQ_PNG_COMPRESS_LEVEL", "6", "png_compress_level", 6),
     ("ZQ_HANDOFF_DEPTH", "0", "handoff_depth", 0),
+    ("ZQ_TASK_EVENTS", "0", "task_events", False),
 ]
 
 
@@ -170,3 +171,15 @@ def test_bad_warmup_sizes_are_refused(raw: str, words: str) -> None:
 def test_png_compress_level_is_bounded() -> None:
     with pytest.raises(ConfigError, match="ZQ_PNG_COMPRESS_LEVEL must be at most 9"):
         Settings.from_env({"ZQ_PNG_COMPRESS_LEVEL": "10"})
+
+
+def test_task_events_off_reach_celery_and_the_worker_command_line() -> None:
+    from common.queueing import celery_config
+    from worker.cli import worker_argv
+
+    off = Settings.from_env({"ZQ_TASK_EVENTS": "false"})
+    config = celery_config(off)
+    assert (config["task_send_sent_event"], config["worker_send_task_events"]) == (False, False)
+    assert "--task-events" not in worker_argv(ModelType.TURBO, "w@h", "INFO", off.task_events)
+    assert "--task-events" in worker_argv(ModelType.TURBO, "w@h", "INFO")
+    assert celery_config(Settings())["worker_send_task_events"] is True  # Flower's default
