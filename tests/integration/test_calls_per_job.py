@@ -33,6 +33,16 @@ def commands(server: redis.Redis) -> dict[str, int]:
             if name.removeprefix("cmdstat_").split("|")[0] not in OWN}
 
 
+def run_jobs(client: Client, name: str) -> None:
+    """Submit ``JOBS`` small jobs and wait for each, as a producer would."""
+    specs = [new_job("generate", prompt=f"{name} {i}", width=32, height=32, steps=2,
+                     model="turbo", seed=i) for i in range(JOBS)]
+    for spec in specs:
+        client.submit(spec)
+    for spec in specs:
+        assert client.wait(spec.job_id, timeout_s=120).status.value == "succeeded"
+
+
 def test_commands_per_job_stay_within_budget(cluster: Cluster, client: Client) -> None:
     cluster.start(ModelType.TURBO)
     server = redis.Redis.from_url(cluster.redis_url, decode_responses=True)
@@ -40,12 +50,7 @@ def test_commands_per_job_stay_within_budget(cluster: Cluster, client: Client) -
 
     server.config_resetstat()
     started = time.monotonic()
-    specs = [new_job("generate", prompt=f"count {i}", width=32, height=32, steps=2,
-                     model="turbo", seed=i) for i in range(JOBS)]
-    for spec in specs:
-        client.submit(spec)
-    for spec in specs:
-        assert client.wait(spec.job_id, timeout_s=120).status.value == "succeeded"
+    run_jobs(client, "count")
     busy = commands(server)
     window_s = time.monotonic() - started
 
@@ -72,11 +77,6 @@ def test_without_task_events_a_job_publishes_only_its_end(cluster: Cluster) -> N
     server = redis.Redis.from_url(cluster.redis_url, decode_responses=True)
     time.sleep(1.0)
     server.config_resetstat()
-    specs = [new_job("generate", prompt=f"quiet {i}", width=32, height=32, steps=2,
-                     model="turbo", seed=i) for i in range(JOBS)]
-    for spec in specs:
-        client.submit(spec)
-    for spec in specs:
-        assert client.wait(spec.job_id, timeout_s=120).status.value == "succeeded"
+    run_jobs(client, "quiet")
     # One publish per job: its end, to the waiting client (with events: three).
     assert commands(server).get("publish", 0) <= JOBS + 2
