@@ -40,6 +40,22 @@ def audit_lines(worker: WorkerProcess) -> list[dict[str, object]]:
     return lines
 
 
+def job_audit(worker: WorkerProcess, job_id: str, timeout_s: float = 10.0
+              ) -> list[dict[str, object]]:
+    """The job's audit lines, once the last one says how it ended.
+
+    A waiting client hears of the end from the script that ends the job; the worker
+    writes its audit line just after, so the test waits for it.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        events = [e for e in audit_lines(worker) if e["job_id"] == job_id]
+        if events and events[-1]["event"] in ("succeeded", "failed", "cancelled"):
+            return events
+        assert time.monotonic() < deadline, events
+        time.sleep(0.05)
+
+
 def test_audit_trail_records_every_state_change_without_secrets(cluster: Cluster) -> None:
     turbo = cluster.start(ModelType.TURBO)
     made = zq(cluster, "generate", "a lighthouse", "--width", "32", "--height", "32",
@@ -49,7 +65,7 @@ def test_audit_trail_records_every_state_change_without_secrets(cluster: Cluster
     signature = re.search(r"X-Amz-Signature=([0-9a-f]+)", url.stdout)
     assert signature, url.stdout
 
-    events = [e for e in audit_lines(turbo) if e["job_id"] == job["job_id"]]
+    events = job_audit(turbo, job["job_id"])
     assert [e["event"] for e in events] == ["started", "progress", "progress", "progress",
                                             "succeeded"]
     assert [e.get("percent") for e in events[1:4]] == [25, 50, 75]
@@ -75,7 +91,7 @@ def test_failures_and_cancels_are_audited_with_their_reason(cluster: Cluster,
     broken = client.submit(new_job(JobKind.EDIT, prompt="x", source_image="uploads/gone.png",
                                    width=32, height=32))
     broken.wait(60)
-    failed = [e for e in audit_lines(edit) if e["job_id"] == broken.job_id][-1]
+    failed = job_audit(edit, broken.job_id)[-1]
     assert failed["event"] == "failed" and failed["error_code"] == "input_invalid"
     assert "uploads/gone.png" in str(failed["error"])
 
