@@ -144,6 +144,17 @@ class JobStore:
             raise JobNotFound(f"job {job_id} is not known")
         return JobRecord.from_hash(fields)
 
+    def get_many(self, job_ids: list[str]) -> list[JobRecord | None]:
+        """The records of ``job_ids`` in one round trip; None where an id is unknown."""
+        if not job_ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(self.job_key(job_id))
+        found = cast(list[dict[str, str]], pipe.execute())
+        return [JobRecord.from_hash(fields) if fields and "spec" in fields else None
+                for fields in found]
+
     def needs_publish(self, model: ModelType, older_than_s: float = 0.0) -> list[str]:
         """Queued jobs whose message may not have been sent (oldest first)."""
         cutoff = time.time() - older_than_s

@@ -296,16 +296,11 @@ class Client:
 
     def _read(self, job_ids: list[str]) -> list[JobRecord]:
         """The records of ``job_ids`` in one round trip; ``JobNotFound`` for an unknown id."""
-        if not job_ids:
-            return []
-        pipe = self.jobs.redis.pipeline(transaction=False)
-        for job_id in job_ids:
-            pipe.hgetall(self.jobs.job_key(job_id))
         records = []
-        for job_id, fields in zip(job_ids, pipe.execute(), strict=True):
-            if not fields or "spec" not in fields:
+        for job_id, record in zip(job_ids, self.jobs.get_many(job_ids), strict=True):
+            if record is None:
                 raise JobNotFound(f"job {job_id} is not known")
-            records.append(JobRecord.from_hash(fields))
+            records.append(record)
         return records
 
     def result(self, job_id: str, timeout_s: float = 600.0) -> bytes:

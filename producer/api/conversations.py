@@ -14,14 +14,13 @@ def tree(client: Client, conversation_id: str) -> dict[str, Any]:
     """The conversation's turns nested by parent; ``JobNotFound`` if none is known."""
     ids = client.jobs.conversation_jobs(conversation_id, MAX_TURNS)
     if conversation_id not in ids:
-        ids.insert(0, conversation_id)  # a job's own conversation is named after it
+        # Records from before every job was indexed: a conversation is named after its
+        # first job.
+        ids.insert(0, conversation_id)
     nodes: dict[str, dict[str, Any]] = {}
-    for job_id in ids:
-        try:
-            record = client.status(job_id)
-        except JobNotFound:  # expired, or the id is no job at all
-            continue
-        if record.spec.conversation_id == conversation_id:
+    # One round trip for every turn; an expired id (or one that is no job) reads None.
+    for job_id, record in zip(ids, client.jobs.get_many(ids), strict=True):
+        if record is not None and record.spec.conversation_id == conversation_id:
             nodes[job_id] = {"job": record.to_public(), "children": []}
     if not nodes:
         raise JobNotFound(f"conversation {conversation_id} is not known")

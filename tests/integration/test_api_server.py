@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,17 +67,22 @@ class Api:
         connection.request("GET", f"/v1/jobs/{job_id}/events", headers=AUTH)
         response = connection.getresponse()
         assert response.status == 200
-        events, name = [], ""
-        for raw in response:
-            line = raw.decode().rstrip("\n")
-            if line.startswith("event: "):
-                name = line.removeprefix("event: ")
-            elif line.startswith("data: "):
-                events.append((name, json.loads(line.removeprefix("data: "))))
-                if name == "end":
-                    break
+        events = sse_frames(raw.decode().rstrip("\n") for raw in response)
         connection.close()
         return events
+
+
+def sse_frames(lines: Iterable[str]) -> list[tuple[str, dict[str, Any]]]:
+    """(event, data) of each SSE frame in ``lines``, up to and with the ``end`` one."""
+    frames, name = [], ""
+    for line in lines:
+        if line.startswith("event: "):
+            name = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            frames.append((name, json.loads(line.removeprefix("data: "))))
+            if name == "end":
+                break
+    return frames
 
 
 @pytest.fixture

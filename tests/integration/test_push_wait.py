@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import threading
 import time
 from collections import Counter
@@ -34,6 +33,7 @@ from producer.batch_cli import follow
 from producer.client import Client, JobHandle
 from producer.webhooks import Dispatcher
 from tests.integration.conftest import in_process_api
+from tests.integration.test_api_server import sse_frames
 from tests.integration.test_webhooks import SECRET, Receiver
 
 pytestmark = pytest.mark.integration
@@ -397,14 +397,7 @@ def test_the_event_stream_is_pushed_not_polled(settings: Settings, client: Clien
     frames: list[tuple[str, dict[str, Any]]] = []
     for api in in_process_api(settings, client):
         with api.stream("GET", f"/v1/jobs/{spec.job_id}/events") as stream:
-            name = ""
-            for line in stream.iter_lines():
-                if line.startswith("event: "):
-                    name = line.removeprefix("event: ")
-                elif line.startswith("data: "):
-                    frames.append((name, json.loads(line.removeprefix("data: "))))
-                    if name == "end":
-                        break
+            frames = sse_frames(stream.iter_lines())
     driver.join(PUSHED_WITHIN_S)
     assert time.monotonic() - started < PUSHED_WITHIN_S
     statuses = [data["status"] for name, data in frames if name == "status"]
