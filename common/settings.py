@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 
 from common.errors import ConfigError
 from common.job import ModelType
+from common.webhooks import redact_url
 
 # Released checkpoints. No edit checkpoint is published yet, so the edit worker
 # derives image-to-image and inpainting from the turbo weights.
@@ -24,6 +25,9 @@ class Settings:
     """Everything a producer or worker is configured with. See README, "Configuration"."""
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Independent Redis instances a fleet is sharded over (producers, API, exporter and
+    # dispatchers use them all; a worker serves the one in redis_url). Empty: one Redis.
+    redis_shards: tuple[str, ...] = ()
     storage_url: str = "file://./zq-data"
     s3_endpoint_url: str | None = None
     # None: boto3's own region chain (AWS_REGION, AWS_DEFAULT_REGION, ~/.aws/config).
@@ -91,6 +95,11 @@ class Settings:
     task_events: bool = True
 
     @property
+    def shard_urls(self) -> tuple[str, ...]:
+        """The Redis of every shard, in routing order: ``redis_shards``, else ``redis_url``."""
+        return self.redis_shards or (self.redis_url,)
+
+    @property
     def visibility_timeout_s(self) -> int:
         """Above the longest job, so Redis never redelivers a job that is still running."""
         return self.job_timeout_s * 2 + 60
@@ -108,6 +117,7 @@ class Settings:
         return replace(
             base,
             redis_url=_redis_url(env.get("ZQ_REDIS_URL") or base.redis_url),
+            redis_shards=_redis_shards(env.get("ZQ_REDIS_SHARDS", "")),
             storage_url=env.get("ZQ_STORAGE_URL", base.storage_url),
             s3_endpoint_url=env.get("ZQ_S3_ENDPOINT_URL") or None,
             s3_region=env.get("ZQ_S3_REGION") or None,
@@ -251,8 +261,24 @@ def _colour(env: Mapping[str, str], name: str,
     return (int(match[1], 16), int(match[2], 16), int(match[3], 16))
 
 
-def _redis_url(raw: str) -> str:
+def _redis_url(raw: str, name: str = "ZQ_REDIS_URL") -> str:
     if not raw.strip().lower().startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(f"ZQ_REDIS_URL must start with redis://, rediss:// or unix://; "
+        raise ConfigError(f"{name} must start with redis://, rediss:// or unix://; "
                           f"got {raw[:60]!r}")
     return raw.strip()
+
+
+MAX_SHARDS = 64
+
+
+def _redis_shards(raw: str) -> tuple[str, ...]:
+    """Comma- or space-separated Redis URLs; each distinct, at most ``MAX_SHARDS``."""
+    urls = tuple(_redis_url(part, "ZQ_REDIS_SHARDS") for part in re.split(r"[\s,]+", raw)
+                 if part)
+    if len(urls) > MAX_SHARDS:
+        raise ConfigError(f"ZQ_REDIS_SHARDS names {len(urls)} Redis; at most {MAX_SHARDS}")
+    repeated = sorted({url for url in urls if urls.count(url) > 1})
+    if repeated:
+        raise ConfigError(f"ZQ_REDIS_SHARDS names {redact_url(repeated[0])!r} twice: each "
+                          "shard is its own Redis")
+    return urls
