@@ -54,6 +54,51 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-redis" (include "zq.fullname" .) -}}
 {{- end -}}
 
+{{/*
+How many Redis shards the fleet runs on: redis.shards for the in-chart Redis, the length of
+externalRedis.shardUrlKeys for an external one; 1 (unsharded) otherwise.
+*/}}
+{{- define "zq.shardCount" -}}
+{{- if .Values.redis.enabled -}}
+{{- int (.Values.redis.shards | default 1) -}}
+{{- else -}}
+{{- if gt (int (.Values.redis.shards | default 1)) 1 -}}
+{{- fail "redis.shards applies to the in-chart Redis (redis.enabled=true): for an external Redis list one Secret key per shard in externalRedis.shardUrlKeys" -}}
+{{- end -}}
+{{- len (.Values.externalRedis.shardUrlKeys | default (list "")) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Name suffix of a shard's objects: "-<shard>" when sharded, "" with one shard. (dict "root" $ "shard" $i) */}}
+{{- define "zq.shardSuffix" -}}
+{{- if gt (include "zq.shardCount" .root | int) 1 -}}
+{{- printf "-%d" (int .shard) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The in-chart Redis's headless Service: every shard's pod by name, <pod>.<this>. */}}
+{{- define "zq.redisHeadless" -}}
+{{- printf "%s-redis-headless" (include "zq.fullname" .) -}}
+{{- end -}}
+
+{{/*
+URL of one in-chart Redis: the shared Service unsharded, else the shard's pod through the
+headless Service. The password is left as $(REDIS_PASSWORD) for Kubernetes to expand.
+(dict "root" $ "shard" $i)
+*/}}
+{{- define "zq.inChartRedisUrl" -}}
+{{- $root := .root -}}
+{{- $host := include "zq.redisHost" $root -}}
+{{- if gt (include "zq.shardCount" $root | int) 1 -}}
+{{- $host = printf "%s-%d.%s" (include "zq.redisHost" $root) (int .shard) (include "zq.redisHeadless" $root) -}}
+{{- end -}}
+{{- if $root.Values.redis.auth.enabled -}}
+{{- printf "redis://:$(REDIS_PASSWORD)@%s:6379/0" $host -}}
+{{- else -}}
+{{- printf "redis://%s:6379/0" $host -}}
+{{- end -}}
+{{- end -}}
+
 {{/* A worker type's settings: workerDefaults overridden by workers.<type>. */}}
 {{- define "zq.worker" -}}
 {{- $spec := index .root.Values.workers .type -}}
@@ -87,10 +132,47 @@ job), so it need not exceed a job. (dict "root" $ "w" $w "type" $type)
 
 {{/*
 ZQ_REDIS_URL. The in-chart Redis's password comes from its Secret and is put into the URL by
-Kubernetes ($(VAR) expansion), so it never appears in a pod spec.
+Kubernetes ($(VAR) expansion), so it never appears in a pod spec. Sharded (more than one
+shard), for the components that use every shard (api, exporter, webhooks, beat):
+ZQ_REDIS_URL is shard 0 and ZQ_REDIS_SHARDS lists every shard in routing order; an external
+Redis's URLs come from the Secret as REDIS_SHARD_<i>_URL and are joined by $(VAR) expansion.
 */}}
 {{- define "zq.redisEnv" -}}
-{{- if and .Values.redis.enabled .Values.redis.auth.enabled }}
+{{- $n := include "zq.shardCount" . | int }}
+{{- if gt $n 1 }}
+{{- if .Values.redis.enabled }}
+{{- $urls := list }}
+{{- range $i := until $n }}
+{{- $urls = append $urls (include "zq.inChartRedisUrl" (dict "root" $ "shard" $i)) }}
+{{- end }}
+{{- if .Values.redis.auth.enabled }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "zq.redisSecretName" . }}
+      key: {{ .Values.redis.auth.passwordKey }}
+{{- end }}
+- name: ZQ_REDIS_URL
+  value: {{ first $urls | quote }}
+- name: ZQ_REDIS_SHARDS
+  value: {{ join "," $urls | quote }}
+{{- else }}
+{{- $secret := required "externalRedis.existingSecret is required when redis.enabled is false" .Values.externalRedis.existingSecret }}
+{{- $urls := list }}
+{{- range $i, $key := .Values.externalRedis.shardUrlKeys }}
+- name: {{ printf "REDIS_SHARD_%d_URL" $i }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: {{ $key }}
+{{- $urls = append $urls (printf "$(REDIS_SHARD_%d_URL)" $i) }}
+{{- end }}
+- name: ZQ_REDIS_URL
+  value: {{ first $urls | quote }}
+- name: ZQ_REDIS_SHARDS
+  value: {{ join "," $urls | quote }}
+{{- end }}
+{{- else if and .Values.redis.enabled .Values.redis.auth.enabled }}
 - name: REDIS_PASSWORD
   valueFrom:
     secretKeyRef:
@@ -106,8 +188,42 @@ Kubernetes ($(VAR) expansion), so it never appears in a pod spec.
   valueFrom:
     secretKeyRef:
       name: {{ required "externalRedis.existingSecret is required when redis.enabled is false" .Values.externalRedis.existingSecret }}
-      key: {{ .Values.externalRedis.urlKey }}
+      key: {{ first (.Values.externalRedis.shardUrlKeys | default (list .Values.externalRedis.urlKey)) }}
 {{- end }}
+{{- end -}}
+
+{{/*
+ZQ_REDIS_URL of one shard only: for the pods that serve a single shard (its workers, its
+Flower), which never read ZQ_REDIS_SHARDS. Unsharded, the same as zq.redisEnv.
+(dict "root" $ "shard" $i)
+*/}}
+{{- define "zq.shardRedisEnv" -}}
+{{- $root := .root }}
+{{- if le (include "zq.shardCount" $root | int) 1 }}
+{{- include "zq.redisEnv" $root }}
+{{- else if $root.Values.redis.enabled }}
+{{- if $root.Values.redis.auth.enabled }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "zq.redisSecretName" $root }}
+      key: {{ $root.Values.redis.auth.passwordKey }}
+{{- end }}
+- name: ZQ_REDIS_URL
+  value: {{ include "zq.inChartRedisUrl" . | quote }}
+{{- else }}
+- name: ZQ_REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "externalRedis.existingSecret is required when redis.enabled is false" $root.Values.externalRedis.existingSecret }}
+      key: {{ index $root.Values.externalRedis.shardUrlKeys (int .shard) }}
+{{- end }}
+{{- end -}}
+
+{{/* zq.env for the pods of one shard (its workers): that shard's broker, and storage. (dict "root" $ "shard" $i) */}}
+{{- define "zq.shardEnv" -}}
+{{- include "zq.shardRedisEnv" . | trim }}
+{{- include "zq.storageEnv" .root }}
 {{- end -}}
 
 {{/* S3 credentials, only for the pods that read or write storage. */}}
