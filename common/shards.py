@@ -61,7 +61,8 @@ class Shard:
             from common.queueing import make_celery
 
             self._app = make_celery(replace(self.settings, redis_url=self.url),
-                                    name=f"zq-producer-{self.index}")
+                                    name="zq-producer" if self.index == 0
+                                    else f"zq-producer-{self.index}")
         return self._app
 
 
@@ -165,6 +166,13 @@ class Shards:
                     self.remember(job_id, shard)
             unknown = [job_id for job_id in unknown if job_id not in found]
         return found
+
+    def known(self, job_id: str) -> bool:
+        """Whether any shard holds ``job_id``'s record (one shard: asked, not assumed)."""
+        if len(self.shards) == 1:
+            jobs = self.shards[0].jobs
+            return bool(jobs.redis.exists(jobs.job_key(job_id)))
+        return self.locate(job_id) is not None
 
     def holding(self, job_id: str) -> Shard:
         """The shard holding ``job_id``; ``JobNotFound`` when none does."""

@@ -21,10 +21,11 @@ from typing import Any
 import kombu.exceptions
 import redis
 
-from common.batches import BatchRow
+from common.batches import BatchRow, BatchStore
 from common.errors import InvalidJob, JobNotFound, ServiceUnavailable
 from common.job import JobKind, JobSpec, new_job
 from common.push import Subscription, webhook_wake_channel
+from common.shards import Shard
 from common.status import TERMINAL, JobStatus
 from producer.client import Client, StagedInput
 from producer.manifest import ManifestRow, ReadOptions, RowError, read_manifest
@@ -70,11 +71,22 @@ def batch_id_for(manifest: Path, defaults: dict[str, Any],
 
 
 class Batches:
-    """Submits, follows and cancels batches through a ``Client``."""
+    """Submits, follows and cancels batches through a ``Client``.
+
+    A batch and all its rows' jobs live on one shard (``common.shards``): its progress
+    and its one "finished" are that Redis's atomic steps.
+    """
 
     def __init__(self, client: Client) -> None:
         self.client = client
-        self.store = client.jobs.batches
+
+    def shard(self, batch_id: str) -> Shard:
+        """The shard holding the batch (where a new one goes, if it is not known)."""
+        return self.client.shards.for_batch(batch_id)
+
+    def store(self, batch_id: str) -> BatchStore:
+        """The batch records of the batch's shard."""
+        return self.shard(batch_id).jobs.batches
 
     def submit(self, manifest: Path, defaults: dict[str, Any], webhook: str | None = None,
                batch_id: str | None = None, options: ReadOptions | None = None) -> Submission:
@@ -98,20 +110,19 @@ class Batches:
         errors: list[RowError] = []
         jobs = 0
         try:
-            self.store.create(batch_id, meta)
+            shard = self.shard(batch_id)
+            store = shard.jobs.batches
+            store.create(batch_id, meta)
             for row in read.rows:
-                done = self._submit_row(row, defaults, manifest.parent)
+                done = self._submit_row(row, defaults, manifest.parent, shard)
                 if isinstance(done, RowError):
                     errors.append(done)
-                    self.store.add_row(batch_id, BatchRow(done.line, done.sku, None, done.reason))
+                    store.add_row(batch_id, BatchRow(done.line, done.sku, None, done.reason))
                 else:
-                    self.store.add_row(batch_id, BatchRow(done.line, done.sku, done.job_id))
+                    store.add_row(batch_id, BatchRow(done.line, done.sku, done.job_id))
                     jobs += 1
-            if self.store.seal(batch_id):
-                self.client.jobs.batch_finished(batch_id)
-                # Owed outside the ending script, which is what wakes the dispatcher.
-                self.client.jobs.redis.publish(
-                    webhook_wake_channel(self.client.jobs.prefix), batch_id)
+            if store.seal(batch_id):
+                finished(shard, batch_id)
         except UNREACHABLE as exc:
             raise ServiceUnavailable(
                 f"Redis unreachable after {jobs + len(errors)} of {len(read.rows)} rows of "
@@ -119,14 +130,14 @@ class Batches:
         return Submission(batch_id, jobs, errors, read.notes)
 
     def _submit_row(self, row: ManifestRow | RowError, defaults: dict[str, Any],
-                    base: Path) -> BatchRow | RowError:
+                    base: Path, shard: Shard) -> BatchRow | RowError:
         """Submit one row; whatever goes wrong with it, short of Redis, is its row error."""
         if isinstance(row, RowError):
             return row
         sku = str(row.fields["sku"])
         try:
             spec = self.row_spec(row, defaults, base)
-            self.client.submit(spec)
+            self.client.submit(spec, shard=shard)
         except UNREACHABLE:
             raise
         except InvalidJob as exc:
@@ -183,12 +194,13 @@ class Batches:
 
     def results_light(self, batch_id: str) -> list[RowResult]:
         """Like ``results`` without presigning URLs (cheap enough to poll)."""
-        if not self.store.exists(batch_id):
+        jobs = self.shard(batch_id).jobs
+        if not jobs.batches.exists(batch_id):
             raise JobNotFound(f"batch {batch_id} is not known")
-        rows = self.store.rows(batch_id)
-        pipe = self.client.jobs.redis.pipeline(transaction=False)
+        rows = jobs.batches.rows(batch_id)
+        pipe = jobs.redis.pipeline(transaction=False)
         for row in rows:
-            pipe.hmget(self.client.jobs.job_key(row.job_id or "-"), ["status", "image", "error"])
+            pipe.hmget(jobs.job_key(row.job_id or "-"), ["status", "image", "error"])
         out = []
         for row, (status, image, error) in zip(rows, pipe.execute(), strict=True):
             if row.job_id is None:
@@ -201,9 +213,10 @@ class Batches:
     def cancel(self, batch_id: str) -> int:
         """Cancel every job of the batch that has not ended; returns how many."""
         cancelled = 0
+        shard = self.shard(batch_id)
         for result in self.results_light(batch_id):
             if result.job_id and result.status in {"waiting", "queued", "running"}:
-                self.client.cancel(result.job_id)
+                self.client.cancel(result.job_id, shard=shard)
                 cancelled += 1
         return cancelled
 
@@ -222,8 +235,8 @@ class BatchWatch:
         self.batches = batches
         self.batch_id = batch_id
         self.sweep_s = sweep_s
-        self.subscription = Subscription(batches.client.jobs.redis,
-                                         [batches.store.channel(batch_id)])
+        self.jobs = batches.shard(batch_id).jobs
+        self.subscription = Subscription(self.jobs.redis, [self.jobs.batches.channel(batch_id)])
         self.results: list[RowResult] = []
         self.counts: Counter[str] = Counter()
         self._rows_of: dict[str, list[int]] = {}
@@ -259,7 +272,7 @@ class BatchWatch:
         if messages is None:  # the connection dropped: ends may have gone unheard
             self._sweep()
             return
-        progress = self.batches.store.progress(self.batch_id)
+        progress = self.jobs.batches.progress(self.batch_id)
         # An end counted before the read above was published before it too: collect it.
         messages += self.subscription.wait(0.0) or []
         self._read({job_id for _, job_id in messages})
@@ -276,7 +289,7 @@ class BatchWatch:
         named = sorted(job_id for job_id in job_ids if job_id in self._rows_of)
         if not named:
             return
-        jobs = self.batches.client.jobs
+        jobs = self.jobs
         pipe = jobs.redis.pipeline(transaction=False)
         for job_id in named:
             pipe.hmget(jobs.job_key(job_id), ["status", "image", "error"])
@@ -291,6 +304,13 @@ class BatchWatch:
                 self.results[index] = dataclasses.replace(
                     old, status=status or "unknown", image=image, error=error)
                 self.counts[status or "unknown"] += 1
+
+
+def finished(shard: Shard, batch_id: str) -> None:
+    """Settle a batch that sealing found finished: queue its webhook, wake the dispatcher."""
+    shard.jobs.batch_finished(batch_id)
+    # Owed outside the ending script, which is what wakes the dispatcher otherwise.
+    shard.jobs.redis.publish(webhook_wake_channel(shard.jobs.prefix), batch_id)
 
 
 def write_results(results: list[RowResult], path: Path) -> None:

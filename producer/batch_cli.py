@@ -169,7 +169,7 @@ def _status(batches: Batches, batch_id: str, args: argparse.Namespace) -> int:
               "images)", file=sys.stderr)
     if args.json:
         print(json.dumps({"batch_id": batch_id, "rows": len(results), "counts": counts,
-                          "finished_at": batches.store.finished_at(batch_id)}))
+                          "finished_at": batches.store(batch_id).finished_at(batch_id)}))
     else:
         print(f"batch {batch_id}: {len(results)} rows: "
               + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))

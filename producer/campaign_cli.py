@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from producer.batch import Batches
 from producer.batch_cli import follow
 from producer.campaign import Campaign, load_campaign
 from producer.campaign_run import (
@@ -53,8 +54,6 @@ def _run(client: Client, args: argparse.Namespace) -> int:
     for error in submission.errors:
         print(f"variant {error.line} ({error.sku}): {error.reason}", file=sys.stderr)
     if args.wait:
-        from producer.batch import Batches
-
         follow(Batches(client), submission.batch_id, args.timeout, sys.stderr)
         print(f"summary: {write_summary(client, campaign, period)}", file=sys.stderr)
     print(submission.batch_id)
@@ -74,7 +73,7 @@ def beat_once(client: Client, folder: Path) -> list[str]:
             period = current_period(campaign)
             batch_id = run_batch_id(campaign, period)
             # Not sealed: a run cut short (Redis went away); running it again finishes it.
-            if not client.jobs.batches.sealed(batch_id):
+            if not Batches(client).store(batch_id).sealed(batch_id):
                 run_campaign(client, campaign, period)
                 log.info("campaign %s: started period %s", campaign.name, period)
                 started.append(batch_id)

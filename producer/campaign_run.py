@@ -19,7 +19,7 @@ from common.batches import BatchRow
 from common.errors import InvalidJob
 from common.job import new_job
 from common.webhook_policy import WebhookPolicy
-from producer.batch import UNREACHABLE, Batches, Submission
+from producer.batch import UNREACHABLE, Batches, Submission, finished
 from producer.campaign import Campaign, expand, job_fields
 from producer.client import Client
 from producer.cron import CronSchedule, parse_period_id, period_id
@@ -59,9 +59,10 @@ def run_campaign(client: Client, campaign: Campaign, period: str) -> Submission:
     """
     if campaign.webhook:  # parsing checked its form; where it leads is checked now
         WebhookPolicy(client.settings.webhook_allow).vet(campaign.webhook)
-    batches = Batches(client)
     batch_id = run_batch_id(campaign, period)
-    batches.store.create(batch_id, {"campaign": campaign.name, "period": period,
+    shard = Batches(client).shard(batch_id)
+    store = shard.jobs.batches
+    store.create(batch_id, {"campaign": campaign.name, "period": period,
                                     "webhook": campaign.webhook, "webhook_kind": "campaign_run"})
     jobs, errors = 0, []
     for line, variant in enumerate(expand(campaign, period), start=1):
@@ -72,7 +73,7 @@ def run_campaign(client: Client, campaign: Campaign, period: str) -> Submission:
             spec = new_job(variant.kind, **job_fields(campaign, variant, key))
             if source is not None:  # stored only once the variant's spec is valid
                 source.put(client.store)
-            client.submit(spec)
+            client.submit(spec, shard=shard)
         except UNREACHABLE:
             raise
         except Exception as exc:  # one bad variant is its row's error, never the run's
@@ -80,13 +81,13 @@ def run_campaign(client: Client, campaign: Campaign, period: str) -> Submission:
             error = RowError(line, variant.variant_key, str(exc) if isinstance(exc, InvalidJob)
                              else f"row: {type(exc).__name__}: {exc}", field)
             errors.append(error)
-            batches.store.add_row(batch_id, BatchRow(line, variant.variant_key, None,
+            store.add_row(batch_id, BatchRow(line, variant.variant_key, None,
                                                      error.reason))
             continue
-        batches.store.add_row(batch_id, BatchRow(line, variant.variant_key, spec.job_id))
+        store.add_row(batch_id, BatchRow(line, variant.variant_key, spec.job_id))
         jobs += 1
-    if batches.store.seal(batch_id):
-        client.jobs.batch_finished(batch_id)
+    if store.seal(batch_id):
+        finished(shard, batch_id)
     return Submission(batch_id, jobs, errors)
 
 
@@ -94,7 +95,7 @@ def write_summary(client: Client, campaign: Campaign, period: str) -> str | None
     """Store the run's summary manifest if every variant has ended; returns its key."""
     batches = Batches(client)
     batch_id = run_batch_id(campaign, period)
-    finished_at = batches.store.finished_at(batch_id)
+    finished_at = batches.store(batch_id).finished_at(batch_id)
     if finished_at is None:
         return None
     results = batches.results_light(batch_id)

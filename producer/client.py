@@ -23,8 +23,9 @@ from common.job import KEY_PATTERN, JobKind, JobSpec, new_job
 from common.jobstore import JobStore
 from common.layout import upload_key
 from common.push import FALLBACK_POLL_S, Subscription, ended_record, job_channel
-from common.queueing import make_celery, publish_specs
+from common.queueing import publish_specs
 from common.settings import Settings
+from common.shards import Shard, Shards
 from common.status import JobRecord, JobStatus
 from common.storage import ObjectStore, open_store
 from common.webhook_policy import WebhookPolicy
@@ -70,19 +71,23 @@ class JobHandle:
 
 
 class Client:
-    """Talks to the queue (Redis) and the object store; never to a worker directly."""
+    """Talks to the queue (Redis) and the object store; never to a worker directly.
+
+    With several shards (``ZQ_REDIS_SHARDS``) each job goes where ``common.shards`` routes
+    it and is followed there; ``jobs`` and ``app`` are the home (first) shard's.
+    """
 
     def __init__(self, settings: Settings, jobs: JobStore | None = None,
                  store: ObjectStore | None = None) -> None:
         self.settings = settings
         try:
-            self.jobs = jobs or JobStore.from_url(settings.redis_url, settings.key_prefix,
-                                                   settings.record_ttl_s)
+            self.shards = Shards.from_settings(settings, home=jobs)
         except ValueError as exc:  # redis-py's verdict on a malformed URL
             raise ConfigError(f"ZQ_REDIS_URL: {exc}") from None
+        self.jobs = self.shards.home.jobs
+        self.app = self.shards.home.app
         self.store = store or open_store(settings)
-        self.app = make_celery(settings, name="zq-producer")
-        self._waiting = threading.local()  # each thread's kept pub/sub connection
+        self._waiting = threading.local()  # each thread's kept pub/sub connections
 
     @classmethod
     def from_env(cls) -> Client:
@@ -90,38 +95,46 @@ class Client:
         return cls(Settings.from_env())
 
     # -- submitting ----------------------------------------------------------
-    def submit(self, spec: JobSpec, webhook: str | None = None) -> JobHandle:
+    def submit(self, spec: JobSpec, webhook: str | None = None, *,
+               shard: Shard | None = None) -> JobHandle:
         """Record and enqueue a built spec. Submitting the same spec again is a no-op.
 
         A queued job whose message was never sent (the submitter crashed in between)
         is published on resubmission. ``webhook`` is called once when the job ends; it
         must resolve to public addresses unless ``settings.webhook_allow`` allows it.
+        ``shard`` overrides the routing (a batch's rows live on the batch's shard).
         """
-        return self._submit(spec, webhook, ())
+        return self._submit(spec, webhook, (), shard)
 
-    def _submit(self, spec: JobSpec, webhook: str | None,
-                inputs: Iterable[StagedInput]) -> JobHandle:
+    def _submit(self, spec: JobSpec, webhook: str | None, inputs: Iterable[StagedInput],
+                shard: Shard | None = None) -> JobHandle:
         """``submit``, storing the spec's staged input images once all else is checked."""
         if not isinstance(spec, JobSpec):
             raise InvalidJob("spec", "a JobSpec (build one with new_job)", type(spec).__name__)
         if webhook is not None:
             WebhookPolicy(self.settings.webhook_allow).vet(webhook)
+        try:
+            target = shard or self.shards.for_new(spec)
+        except JobNotFound:  # the only id routing must find is the parent's
+            raise UnknownParent(spec.parent_id) from None
         for staged in inputs:
             staged.put(self.store)
+        jobs = target.jobs
         try:
-            outcome = self.jobs.submit(spec)
+            outcome = jobs.submit(spec)
         except JobNotFound:  # the only id submit looks up is the parent's
             raise UnknownParent(spec.parent_id) from None
+        self.shards.remember(spec.job_id, target)
         if outcome.created:
             audit_event("submitted", spec, status=outcome.status.value,
                         priority=spec.priority, tags=spec.tags)
         if webhook is not None:
             # Set before the message goes out, so the job cannot end without it.
-            self.jobs.set_webhook(spec.job_id, webhook)
+            jobs.set_webhook(spec.job_id, webhook)
             if outcome.status.terminal:  # e.g. its parent had already failed
-                self.jobs.notify_ended(spec.job_id)
+                jobs.notify_ended(spec.job_id)
         if outcome.unpublished:
-            publish_specs(self.app, self.jobs, [spec])
+            publish_specs(target.app, jobs, [spec])
         return JobHandle(spec.job_id, self)
 
     def generate(self, prompt: str, webhook: str | None = None, **options: Any) -> JobHandle:
@@ -148,7 +161,7 @@ class Client:
         """The checked spec and its input images, staged but not stored yet."""
         if parent is not None:
             try:
-                parent_spec = self.jobs.get(parent).spec
+                parent_spec = self.status(parent).spec
             except JobNotFound:
                 raise UnknownParent(parent) from None
             options.setdefault("conversation_id", parent_spec.conversation_id)
@@ -200,7 +213,22 @@ class Client:
     # -- following -------------------------------------------------------------
     def status(self, job_id: str) -> JobRecord:
         """The job's record now (``JobNotFound`` if unknown)."""
-        return self.jobs.get(job_id)
+        return self.shards.holding(job_id).jobs.get(job_id)
+
+    def records(self, job_ids: list[str]) -> list[JobRecord | None]:
+        """The records of ``job_ids`` (None: unknown or expired); one round trip per shard."""
+        located = self.shards.locate_many(job_ids)
+        by_shard: dict[int, list[str]] = {}
+        for job_id in dict.fromkeys(job_ids):
+            if job_id in located:
+                by_shard.setdefault(located[job_id].index, []).append(job_id)
+        found: dict[str, JobRecord] = {}
+        for index, ids in by_shard.items():
+            for job_id, record in zip(ids, self.shards.shards[index].jobs.get_many(ids),
+                                      strict=True):
+                if record is not None:
+                    found[job_id] = record
+        return [found.get(job_id) for job_id in job_ids]
 
     def wait(self, job_id: str, timeout_s: float = 600.0,
              poll_s: float = FALLBACK_POLL_S) -> JobRecord:
@@ -216,26 +244,42 @@ class Client:
                  poll_s: float = FALLBACK_POLL_S) -> list[JobRecord]:
         """Block until every job ends; their records, in the order given.
 
-        One pub/sub connection subscribed to all their channels, however many jobs:
-        the calling thread's, kept (unsubscribed) for its next wait. ``timeout_s``
+        One pub/sub connection per shard subscribed to all their channels, however many
+        jobs: the calling thread's, kept (unsubscribed) for its next wait. ``timeout_s``
         bounds the whole wait: ``TimeoutError`` names the first job (in the order
-        given) that has not ended.
+        given, per shard) that has not ended.
         """
         ids = [job.job_id if isinstance(job, JobHandle) else job for job in jobs]
-        channels = {job_channel(self.jobs.prefix, job_id): job_id for job_id in ids}
         deadline = time.monotonic() + timeout_s
+        located = self.shards.locate_many(ids)
+        groups: dict[int, list[str]] = {}
+        for job_id in ids:
+            if job_id not in located:
+                raise JobNotFound(f"job {job_id} is not known")
+            groups.setdefault(located[job_id].index, []).append(job_id)
+        ended: dict[str, JobRecord] = {}
+        for index, group in groups.items():
+            # One shard after the other: all must end, so the wait is as long as the latest.
+            ended.update(self._wait_on(self.shards.shards[index], group, deadline, timeout_s,
+                                       poll_s))
+        return [ended[job_id] for job_id in ids]
+
+    def _wait_on(self, shard: Shard, ids: list[str], deadline: float, timeout_s: float,
+                 poll_s: float) -> dict[str, JobRecord]:
+        """``wait_all`` for jobs of one shard: their ended records by id."""
+        channels = {job_channel(shard.jobs.prefix, job_id): job_id for job_id in ids}
         ended: dict[str, JobRecord] = {}
         latest: dict[str, JobRecord] = {}
-        with self._subscribed(list(channels)) as subscription:
+        with self._subscribed(shard, list(channels)) as subscription:
             # Read after subscribing: a job that ended before is seen here, one that ends
             # after is published to us.
             stale, last_read, final = list(dict.fromkeys(ids)), time.monotonic(), False
             while True:
-                for record in self._read(stale):
+                for record in self._read(shard, stale):
                     (ended if record.status.terminal else latest)[record.spec.job_id] = record
                 pending = [job_id for job_id in dict.fromkeys(ids) if job_id not in ended]
                 if not pending:
-                    return [ended[job_id] for job_id in ids]
+                    return ended
                 if final:
                     first = pending[0]
                     raise TimeoutError(
@@ -275,13 +319,16 @@ class Client:
         return named
 
     @contextlib.contextmanager
-    def _subscribed(self, channels: list[str]) -> Iterator[Subscription]:
-        """This thread's kept pub/sub connection, subscribed to ``channels`` until exit."""
-        subscription: Subscription | None = getattr(self._waiting, "subscription", None)
+    def _subscribed(self, shard: Shard, channels: list[str]) -> Iterator[Subscription]:
+        """This thread's kept pub/sub connection to ``shard``, subscribed until exit."""
+        kept: dict[int, Subscription] | None = getattr(self._waiting, "subscriptions", None)
+        if kept is None:
+            kept = self._waiting.subscriptions = {}
+        subscription = kept.get(shard.index)
         if subscription is None:
             # One per thread (pub/sub connections are not thread-safe); dropped with it.
-            subscription = Subscription(self.jobs.redis, [])
-            self._waiting.subscription = subscription
+            subscription = Subscription(shard.jobs.redis, [])
+            kept[shard.index] = subscription
         subscription.watch(channels)
         try:
             yield subscription
@@ -294,10 +341,11 @@ class Client:
             except redis.RedisError:
                 subscription.close()
 
-    def _read(self, job_ids: list[str]) -> list[JobRecord]:
+    @staticmethod
+    def _read(shard: Shard, job_ids: list[str]) -> list[JobRecord]:
         """The records of ``job_ids`` in one round trip; ``JobNotFound`` for an unknown id."""
         records = []
-        for job_id, record in zip(job_ids, self.jobs.get_many(job_ids), strict=True):
+        for job_id, record in zip(job_ids, shard.jobs.get_many(job_ids), strict=True):
             if record is None:
                 raise JobNotFound(f"job {job_id} is not known")
             records.append(record)
@@ -312,27 +360,30 @@ class Client:
 
     def url(self, job_id: str) -> str:
         """A presigned URL for the finished image (a ``file://`` URL on local storage)."""
-        record = self.jobs.get(job_id)
+        record = self.status(job_id)
         if record.image is None:
             raise JobFailed(f"job {job_id} has no image ({record.status.value})")
         return self.store.url(record.image, self.settings.presign_expiry_s)
 
     def manifest(self, job_id: str) -> dict[str, Any]:
         """The finished job's provenance manifest."""
-        record = self.jobs.get(job_id)
+        record = self.status(job_id)
         if record.manifest is None:
             raise JobFailed(f"job {job_id} has no manifest ({record.status.value})")
         manifest: dict[str, Any] = json.loads(self.store.get(record.manifest))
         return manifest
 
-    def cancel(self, job_id: str) -> JobStatus:
+    def cancel(self, job_id: str, *, shard: Shard | None = None) -> JobStatus:
         """Cancel a job; returns its status now (a running job stops at its next step).
 
         Children waiting on a job cancelled before it ran fail with "parent cancelled".
+        ``shard`` names where the job is when the caller knows (a batch's rows).
         """
-        found, _ = self.jobs.cancel(job_id)
-        audit_event("cancel_requested", self.jobs.get(job_id).spec, found=found.value)
-        return self.jobs.get(job_id).status
+        jobs = (shard or self.shards.holding(job_id)).jobs
+        found, _ = jobs.cancel(job_id)
+        record = jobs.get(job_id)
+        audit_event("cancel_requested", record.spec, found=found.value)
+        return record.status
 
 
 def _read_file(path: Path, field: str, limits: InputLimits) -> bytes:

@@ -37,6 +37,11 @@ up to ``max_attempts``; then the delivery is given up and recorded as failed (an
 logged on ``zq.audit``). Redirects are not followed. URLs are logged as
 ``scheme://host[:port]`` only.
 
+With several shards (``ZQ_REDIS_SHARDS``) a webhook is owed in the outbox of its subject's
+shard, so one ``zq webhooks`` process runs a dispatch loop per shard, each in a thread of
+its own woken by its own shard's wake channel (:func:`run_shards`): a shard whose Redis is
+down is retried on its own while the others keep delivering.
+
 Before each attempt the URL is vetted again (:class:`common.webhook_policy.WebhookPolicy`:
 public addresses only, unless ``ZQ_WEBHOOK_ALLOW`` allows more) and the call goes to
 the address just checked (:mod:`producer.webhook_http`). A refused target is given up
@@ -59,7 +64,8 @@ import random
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -78,6 +84,7 @@ from common.webhooks import Delivery, WebhookOutbox, redact_url
 from producer.webhook_http import ConnectFailed, post
 
 if TYPE_CHECKING:
+    from common.shards import Shard
     from producer.client import Client
 
 log = logging.getLogger("zq.webhooks")
@@ -93,6 +100,8 @@ IDLE_POLL_S = 5.0
 """Longest idle rest of ``run_forever``: owed webhooks wake it sooner (the wake channel)."""
 _STOP_CHECK_S = 0.5
 _MAX_ERROR_CHARS = 300
+_JOIN_S = 5.0
+"""How long a stopping multi-shard dispatcher waits for its loops' attempts in flight."""
 
 BodyBuilder = Callable[["Client", str], dict[str, Any]]
 
@@ -203,7 +212,8 @@ class Dispatcher:
 
     ``policy`` vets each URL right before its call (public addresses only by default:
     pass ``WebhookPolicy(settings.webhook_allow)`` to honour the allow-list); ``tls``
-    is the context for https receivers (the system's trusted CAs by default).
+    is the context for https receivers (the system's trusted CAs by default). ``where``
+    names the outbox's shard in the dispatcher's Redis warnings (nothing with one shard).
     """
 
     def __init__(self, outbox: WebhookOutbox, body_for: Callable[[Delivery], dict[str, Any]],
@@ -211,7 +221,7 @@ class Dispatcher:
                  backoff_base_s: float = 2.0, backoff_max_s: float = 600.0,
                  lease_s: float | None = None, rng: random.Random | None = None,
                  policy: WebhookPolicy | None = None,
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, where: str = "") -> None:
         if not secret:
             raise ConfigError("a webhook secret is required")
         if max_attempts < 1:
@@ -231,6 +241,7 @@ class Dispatcher:
         self._rng = rng or random.Random()
         self.policy = policy or WebhookPolicy()
         self.tls = tls
+        self.where = where
 
     def backoff_s(self, attempt: int) -> float:
         """Delay after failed attempt ``attempt`` (1-based): doubling, jittered, capped."""
@@ -269,7 +280,8 @@ class Dispatcher:
                         continue
                     rest_until = time.monotonic() + min(poll_s, self._until_next_due())
                 except redis.RedisError as exc:
-                    log.warning("webhooks: redis unavailable, retrying: %s", exc)
+                    log.warning("webhooks%s: redis unavailable, retrying: %s",
+                                f" ({self.where})" if self.where else "", exc)
                     rest_until = time.monotonic() + min(poll_s, 1.0)
                 while not stop.is_set() and (left := rest_until - time.monotonic()) > 0:
                     # Slices, so a stop set from another thread is not kept waiting.
@@ -361,6 +373,66 @@ class Dispatcher:
             _audit("webhook_failed", delivery, error=error, status_code=status)
 
 
+def run_shards(dispatchers: Sequence[Dispatcher], poll_s: float = IDLE_POLL_S,
+               stop: threading.Event | None = None) -> None:
+    """Run each dispatcher's ``run_forever`` in a thread of its own until ``stop`` is set.
+
+    One per shard: each waits on its own shard's wake channel and rides out its own
+    Redis's outages (as ``run_forever`` does), so one shard down delays none of the others.
+    A loop ending any other way (a bug) stops them all and is raised here, as it would be
+    by a lone ``run_forever``. Interrupted (``KeyboardInterrupt``), the loops are stopped
+    and given a moment to settle the attempt they are making.
+    """
+    stop = stop or threading.Event()
+    failures: list[BaseException] = []
+
+    def loop(dispatcher: Dispatcher) -> None:
+        try:
+            dispatcher.run_forever(poll_s, stop)
+        except BaseException as exc:
+            log.error("webhooks (%s): dispatch loop ended: %s: %s", dispatcher.where,
+                      type(exc).__name__, exc)
+            failures.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=loop, args=(dispatcher,), daemon=True,
+                                name=f"zq-webhooks-{index}")
+               for index, dispatcher in enumerate(dispatchers)]
+    try:
+        for thread in threads:
+            thread.start()
+        while not stop.is_set():
+            stop.wait(_STOP_CHECK_S)
+    finally:
+        stop.set()
+        deadline = time.monotonic() + _JOIN_S
+        for thread in threads:
+            if thread.ident is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))
+    if failures:
+        raise failures[0]
+
+
+def run_shards_once(dispatchers: Sequence[Dispatcher]) -> int:
+    """``run_once`` on each dispatcher; how many were attempted in all.
+
+    A shard whose Redis fails is logged and passed over, so the others still send; the
+    first such error is raised once every shard has had its turn.
+    """
+    attempted = 0
+    errors: list[redis.RedisError] = []
+    for dispatcher in dispatchers:
+        try:
+            attempted += dispatcher.run_once()
+        except redis.RedisError as exc:
+            log.warning("webhooks (%s): redis unavailable: %s", dispatcher.where, exc)
+            errors.append(exc)
+    if errors:
+        log.warning("webhooks: %d attempted on the other shards", attempted)
+        raise errors[0]
+    return attempted
+
+
 def _audit(event: str, delivery: Delivery, **fields: Any) -> None:
     record = {"ts": round(time.time(), 6), "event": event, "subject_kind": delivery.kind,
               "subject_id": delivery.subject_id, "delivery_id": delivery.delivery_id,
@@ -394,7 +466,7 @@ def batch_body(client: Client, batch_id: str) -> dict[str, Any]:
     counts: dict[str, int] = {}
     for result in results:
         counts[result.status] = counts.get(result.status, 0) + 1
-    return {"batch_id": batch_id, "finished_at": batches.store.finished_at(batch_id),
+    return {"batch_id": batch_id, "finished_at": batches.store(batch_id).finished_at(batch_id),
             "counts": counts, "results": [dataclasses.asdict(r) for r in results]}
 
 
@@ -446,18 +518,58 @@ def add_command(commands: Any) -> None:
 
 
 def run_webhooks(client: Client, args: argparse.Namespace) -> int:
-    """Run the dispatcher with the client's settings (``zq`` passes a producer client)."""
+    """Run the dispatcher with the client's settings (``zq`` passes a producer client).
+
+    With several shards: a dispatcher per shard, all in this process (:func:`run_shards`).
+    """
     secret = secret_from_env()
     configure_audit_logging()
+    options: dict[str, Any] = {
+        "timeout_s": args.timeout, "max_attempts": args.max_attempts,
+        "backoff_base_s": args.backoff_base, "backoff_max_s": args.backoff_max,
+        "policy": WebhookPolicy(client.settings.webhook_allow)}
+    if len(client.settings.shard_urls) > 1:
+        return _run_sharded(shard_dispatchers(client, secret, **options), args)
     outbox = WebhookOutbox(client.jobs.redis, client.settings.key_prefix)
-    dispatcher = Dispatcher(outbox, body_from_registry(client), secret,
-                            timeout_s=args.timeout, max_attempts=args.max_attempts,
-                            backoff_base_s=args.backoff_base, backoff_max_s=args.backoff_max,
-                            policy=WebhookPolicy(client.settings.webhook_allow))
+    dispatcher = Dispatcher(outbox, body_from_registry(client), secret, **options)
     if args.once:
         print(f"zq webhooks: {dispatcher.run_once()} attempted", flush=True)
         return 0
     print("zq webhooks: dispatching", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         dispatcher.run_forever(args.poll)
+    return 0
+
+
+def shard_dispatchers(client: Client, secret: bytes, **options: Any) -> list[Dispatcher]:
+    """A dispatcher per shard of ``client.shards``, in shard order.
+
+    Each drains its shard's outbox and builds bodies from that shard's records (a
+    subject's webhook is owed on the shard holding it), through a client bound to that
+    shard alone, so a body never waits on another shard's Redis.
+    """
+    dispatchers = []
+    for shard in client.shards:
+        outbox = WebhookOutbox(shard.jobs.redis, client.settings.key_prefix)
+        where = f"shard {shard.index} {redact_url(shard.url)}"
+        dispatchers.append(Dispatcher(outbox, body_from_registry(_shard_client(client, shard)),
+                                      secret, where=where, **options))
+    return dispatchers
+
+
+def _shard_client(client: Client, shard: Shard) -> Client:
+    """A client of one shard's Redis (``shard.jobs``), sharing ``client``'s object store."""
+    from producer.client import Client
+
+    settings = replace(client.settings, redis_url=shard.url, redis_shards=())
+    return Client(settings, jobs=shard.jobs, store=client.store)
+
+
+def _run_sharded(dispatchers: list[Dispatcher], args: argparse.Namespace) -> int:
+    if args.once:
+        print(f"zq webhooks: {run_shards_once(dispatchers)} attempted", flush=True)
+        return 0
+    print(f"zq webhooks: dispatching ({len(dispatchers)} shards)", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        run_shards(dispatchers, args.poll)
     return 0

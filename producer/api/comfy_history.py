@@ -21,7 +21,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
-from common.errors import JobNotFound
 from common.job import ID_PATTERN
 from common.keys import Keys
 from common.status import JobRecord, JobStatus
@@ -136,13 +135,7 @@ class ComfyState:
 
     def jobs(self, record: PromptRecord) -> list[JobRecord | None]:
         """The prompt's job records in plan order (None: expired)."""
-        found: list[JobRecord | None] = []
-        for job_id in record.job_ids:
-            try:
-                found.append(self.client.status(job_id))
-            except JobNotFound:
-                found.append(None)
-        return found
+        return self.client.records(record.job_ids)
 
     def active(self) -> list[tuple[PromptRecord, list[JobRecord | None]]]:
         """Unfinished prompts by number, with their jobs; finished ones leave the index."""

@@ -36,10 +36,11 @@ async def job_events(client: Client, job_id: str,
     ``fallback_s``: the re-read interval when nothing is published (``FALLBACK_S``).
     """
     fallback_s = FALLBACK_S if fallback_s is None else fallback_s
-    keys = client.jobs.keys
-    # The stream's own connection (a subscribed one serves nothing else), made in the
-    # event loop that serves the stream.
-    listener = aioredis.Redis.from_url(client.settings.redis_url, decode_responses=True)
+    shard = await run_in_threadpool(client.shards.holding, job_id)
+    keys = shard.jobs.keys
+    # The stream's own connection to the job's shard (a subscribed one serves nothing
+    # else), made in the event loop that serves the stream.
+    listener = aioredis.Redis.from_url(shard.url, decode_responses=True)
     pubsub: Any = listener.pubsub()
     try:
         await pubsub.subscribe(keys.progress(job_id), keys.ended(job_id))

@@ -102,7 +102,7 @@ def _inherit_from_parent(client: Client, fields: dict[str, Any], kind: str,
         raise InvalidJob("parent_id", "1-100 characters of letters, digits, '_', '.', '-'",
                          parent)
     try:
-        parent_spec = client.jobs.get(parent).spec
+        parent_spec = client.status(parent).spec
     except JobNotFound:
         raise UnknownParent(parent) from None
     if fields.get("conversation_id") is None:

@@ -46,7 +46,7 @@ async def submit_job(request: Request) -> JSONResponse:
 def _submit(client: Client, body: dict[str, Any], key: str | None) -> tuple[dict[str, Any], bool]:
     spec, webhook = spec_from_body(client, body, key)
     # Two replicas racing on one new key may both answer 201; the job is still one job.
-    existed = bool(client.jobs.redis.exists(client.jobs.job_key(spec.job_id)))
+    existed = client.shards.known(spec.job_id)
     client.submit(spec, webhook)
     return client.status(spec.job_id).to_public(), not existed
 

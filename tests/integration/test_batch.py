@@ -291,7 +291,7 @@ def test_shop_export_with_hostile_rows_seals_and_reruns_idempotently(
 
     cluster.start(ModelType.EDIT)
     deadline = time.monotonic() + 300
-    while batches.store.finished_at(batch_id) is None:
+    while batches.store(batch_id).finished_at(batch_id) is None:
         assert time.monotonic() < deadline, batches.counts(batch_id)
         time.sleep(0.2)
     results = batches.results_light(batch_id)

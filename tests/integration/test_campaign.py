@@ -90,7 +90,7 @@ def test_beat_runs_the_current_period_and_summarises_it(cluster: Cluster, client
         assert batch_id == run_batch_id(campaign, period), beat.stdout
     batches = Batches(client)
     deadline = time.monotonic() + 120
-    while batches.store.finished_at(batch_id) is None:
+    while batches.store(batch_id).finished_at(batch_id) is None:
         assert time.monotonic() < deadline, batches.counts(batch_id)
         time.sleep(0.2)
     again = zq(cluster, "beat", "--campaigns", str(folder), "--once")

@@ -7,15 +7,19 @@ import hashlib
 import hmac
 import importlib.util
 import random
+import threading
 import time
 from typing import Any, cast
 
 import pytest
+import redis
 
 from common.errors import ConfigError, InvalidJob
 from common.webhooks import WebhookOutbox, redact_url, validate_webhook_url
 from producer.webhooks import (
     Dispatcher,
+    run_shards,
+    run_shards_once,
     secret_from_env,
     sign,
     sign_standard,
@@ -219,3 +223,54 @@ def test_the_stock_library_verifies_with_the_secret_receivers_configure(secret: 
 
     with pytest.raises(WebhookVerificationError):
         _stock_webhook(other).verify(BODY, headers)
+
+
+# -- one process, a dispatch loop per shard ------------------------------------------------
+class _Loop(Dispatcher):
+    """A dispatcher whose loop and passes are scripted (no Redis)."""
+
+    def __init__(self, where: str, fail: BaseException | None = None, sent: int = 0) -> None:
+        super().__init__(cast(WebhookOutbox, object()), lambda d: {}, SECRET, where=where)
+        self.fail = fail
+        self.sent = sent
+        self.passes = 0
+        self.stopped = threading.Event()
+
+    def run_forever(self, poll_s: float = 5.0, stop: threading.Event | None = None) -> None:
+        assert stop is not None
+        if self.fail is not None:
+            raise self.fail
+        stop.wait(30)
+        self.stopped.set()
+
+    def run_once(self) -> int:
+        self.passes += 1
+        if self.fail is not None:
+            raise self.fail
+        return self.sent
+
+
+def test_every_shards_loop_runs_until_the_stop_signal() -> None:
+    loops = [_Loop("shard 0"), _Loop("shard 1"), _Loop("shard 2")]
+    stop = threading.Event()
+    threading.Timer(0.2, stop.set).start()
+    started = time.monotonic()
+    run_shards(loops, stop=stop)
+    assert time.monotonic() - started < 5
+    assert all(loop.stopped.is_set() for loop in loops)
+
+
+def test_a_loop_ending_in_a_bug_stops_the_others_and_is_raised() -> None:
+    healthy = _Loop("shard 0")
+    with pytest.raises(RuntimeError, match="a bug"):
+        run_shards([healthy, _Loop("shard 1", fail=RuntimeError("a bug"))])
+    assert healthy.stopped.wait(5)
+
+
+def test_once_passes_over_a_shard_whose_redis_fails_and_then_raises() -> None:
+    loops = [_Loop("shard 0", sent=2), _Loop("shard 1", fail=redis.ConnectionError("down")),
+             _Loop("shard 2", sent=3)]
+    with pytest.raises(redis.ConnectionError, match="down"):
+        run_shards_once(loops)
+    assert [loop.passes for loop in loops] == [1, 1, 1]
+    assert run_shards_once([loops[0], loops[2]]) == 5
