@@ -530,7 +530,7 @@ def run_webhooks(client: Client, args: argparse.Namespace) -> int:
         "policy": WebhookPolicy(client.settings.webhook_allow)}
     if len(client.settings.shard_urls) > 1:
         return _run_sharded(shard_dispatchers(client, secret, **options), args)
-    outbox = WebhookOutbox(client.jobs.redis, client.settings.key_prefix)
+    outbox = client.jobs.outbox  # with the retention time: settled records expire
     dispatcher = Dispatcher(outbox, body_from_registry(client), secret, **options)
     if args.once:
         print(f"zq webhooks: {dispatcher.run_once()} attempted", flush=True)
@@ -550,7 +550,7 @@ def shard_dispatchers(client: Client, secret: bytes, **options: Any) -> list[Dis
     """
     dispatchers = []
     for shard in client.shards:
-        outbox = WebhookOutbox(shard.jobs.redis, client.settings.key_prefix)
+        outbox = shard.jobs.outbox
         where = f"shard {shard.index} {redact_url(shard.url)}"
         dispatchers.append(Dispatcher(outbox, body_from_registry(_shard_client(client, shard)),
                                       secret, where=where, **options))

@@ -168,6 +168,8 @@ def assert_delivered_once(jobs: JobStore, receiver: Receiver, job_id: str) -> No
     assert state is not None
     assert (state.status, state.attempts, state.status_code) == ("delivered", 1, 200)
     assert request.headers["x-zq-delivery"] == state.delivery_id
+    # Settled by the dispatcher with the retention time: the record does not pile up.
+    assert jobs.redis.ttl(jobs.outbox.record_key("job", job_id)) > 0
 
 
 @pytest.fixture
