@@ -24,6 +24,7 @@ from common.job import JobKind, JobSpec, new_job
 from common.jobstore import JobStore
 from common.push import batch_channel, job_channel, webhook_wake_channel
 from common.settings import Settings
+from common.shards import Shard
 from common.status import JobRecord, JobStatus
 from common.webhook_policy import WebhookPolicy
 from common.webhooks import WebhookOutbox
@@ -138,9 +139,9 @@ def test_the_ended_message_carries_the_record_so_it_is_not_read_back(
     reads: list[list[str]] = []
     read = client._read
 
-    def counted(job_ids: list[str]) -> list[JobRecord]:
+    def counted(shard: Shard, job_ids: list[str]) -> list[JobRecord]:
         reads.append(list(job_ids))
-        return read(job_ids)
+        return read(shard, job_ids)
 
     monkeypatch.setattr(client, "_read", counted)
     spec = submitted(client.jobs)
