@@ -4,19 +4,28 @@ A worker that meets a message it cannot decode, or one that does not name a job 
 run, moves it here and acknowledges it, so one bad message can never crash-loop a fleet.
 The list is newest first and capped (``ZQ_DEAD_LETTER_MAX``); each entry keeps the start
 of the raw body, base64-encoded, and why it was refused.
+
+A sharded fleet (``ZQ_REDIS_SHARDS``) keeps one list per shard, on the shard whose worker
+refused the message; ``FleetDeadLetters`` reads (and clears) them all as one.
 """
 
 from __future__ import annotations
 
 import base64
+import heapq
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import redis
 
+from common.errors import ServiceUnavailable
 from common.keys import Keys
+from common.webhooks import redact_url
+
+_T = TypeVar("_T")
 
 # Why a message was refused: short, stable codes (a metrics label), from the outermost
 # layer of a message inwards.
@@ -140,3 +149,81 @@ class DeadLetterStore:
         pipe.delete(self.key)
         count, _ = pipe.execute()
         return int(count)
+
+
+@dataclass(frozen=True)
+class ShardLetter:
+    """A dead letter and the shard (its index in ``ZQ_REDIS_SHARDS``) that keeps it."""
+
+    shard: int
+    letter: DeadLetter
+
+    def to_dict(self) -> dict[str, Any]:
+        """The letter's JSON form with its ``shard``."""
+        return {"shard": self.shard, **self.letter.to_dict()}
+
+
+class FleetDeadLetters:
+    """The dead-letter lists of every shard, read as one: one call per shard per question.
+
+    With one shard it is exactly that shard's ``DeadLetterStore`` (same calls, same errors).
+    With several, a shard that cannot be reached raises ``ServiceUnavailable`` naming it:
+    a count or a listing that left a shard out would look complete and be wrong.
+    """
+
+    def __init__(self, stores: Sequence[DeadLetterStore],
+                 names: Sequence[str] | None = None) -> None:
+        if not stores:
+            raise ValueError("at least one dead-letter store is needed")
+        if names is not None and len(names) != len(stores):
+            raise ValueError("one name per store")
+        self.stores = list(stores)
+        self.names = list(names) if names is not None else [""] * len(self.stores)
+
+    @classmethod
+    def from_urls(cls, urls: Sequence[str], prefix: str = "zq",
+                  max_len: int = 10_000) -> FleetDeadLetters:
+        """One store per shard URL (``Settings.shard_urls``), in routing order."""
+        return cls([DeadLetterStore.from_url(url, prefix, max_len) for url in urls],
+                   [redact_url(url) for url in urls])
+
+    def __len__(self) -> int:
+        return len(self.stores)
+
+    def _each(self, read: Callable[[DeadLetterStore], _T]) -> list[_T]:
+        if len(self.stores) == 1:
+            return [read(self.stores[0])]
+        results = []
+        for index, (store, name) in enumerate(zip(self.stores, self.names, strict=True)):
+            try:
+                results.append(read(store))
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                where = f"shard {index}" + (f" ({name})" if name else "")
+                raise ServiceUnavailable(f"{where} of ZQ_REDIS_SHARDS cannot be reached: "
+                                         f"{exc}") from None
+        return results
+
+    def counts(self) -> list[int]:
+        """How many dead letters each shard keeps, in shard order."""
+        return self._each(DeadLetterStore.count)
+
+    def count(self) -> int:
+        """How many dead letters the fleet keeps."""
+        return sum(self.counts())
+
+    def newest(self, limit: int = 10) -> list[ShardLetter]:
+        """Up to ``limit`` entries over every shard, newest first (by the time refused)."""
+        per_shard = self._each(lambda store: store.newest(limit))
+        merged = heapq.merge(
+            *[[ShardLetter(index, letter) for letter in letters]
+              for index, letters in enumerate(per_shard)],
+            key=lambda item: -item.letter.at)
+        return list(merged)[:max(limit, 0)]
+
+    def clear(self) -> list[int]:
+        """Remove every entry on every shard; returns how many each shard had.
+
+        A shard that cannot be reached stops the clearing there (the error names it):
+        the shards before it are cleared, the rest are not; run it again.
+        """
+        return self._each(DeadLetterStore.clear)

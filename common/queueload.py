@@ -4,6 +4,9 @@ Reads the broker as kombu lays it out on Redis: a queue is a list, plus one list
 priority step (``<queue>\\x06\\x16<n>``); a message being worked on has left the list
 and sits in the ``unacked`` hash until it is acknowledged. So LLEN alone reads 0 while
 every GPU is busy: load is waiting + reserved (which includes running).
+
+A sharded fleet (``ZQ_REDIS_SHARDS``) has one broker per shard: each is read on its own
+and ``fleet_loads`` adds them up.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -75,6 +79,41 @@ def read_loads(client: redis.Redis, prefix: str = "zq",
             oldest_waiting_s=_oldest_age(client, keys, tails, now),
             workers=workers, ready_workers=ready))
     return loads
+
+
+@dataclass(frozen=True)
+class FleetLoad(QueueLoad):
+    """One model type's queues on several shards, added up.
+
+    Its ``load`` is the sum of each shard's, not recomputed from the sums: one shard's
+    reserved messages and another's running jobs are different jobs.
+    """
+
+    summed_load: int = 0
+
+    @property
+    def load(self) -> int:
+        """Jobs that need a worker now, on every shard."""
+        return self.summed_load
+
+
+def fleet_loads(per_shard: Sequence[Sequence[QueueLoad]]) -> list[FleetLoad]:
+    """Each model type's load over several shards: counts add up, the oldest wait is the max.
+
+    Models come out in ``ModelType`` order; one missing from a shard's reading counts 0.
+    """
+    totals = []
+    for model in ModelType:
+        loads = [load for reading in per_shard for load in reading if load.model is model]
+        totals.append(FleetLoad(
+            model=model, waiting=sum(load.waiting for load in loads),
+            reserved=sum(load.reserved for load in loads),
+            running=sum(load.running for load in loads),
+            oldest_waiting_s=max((load.oldest_waiting_s for load in loads), default=0.0),
+            workers=sum(load.workers for load in loads),
+            ready_workers=sum(load.ready_workers for load in loads),
+            summed_load=sum(load.load for load in loads)))
+    return totals
 
 
 def _reserved_by_queue(client: redis.Redis) -> dict[str, int]:

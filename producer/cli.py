@@ -128,7 +128,7 @@ def _status(client: Client, args: argparse.Namespace) -> int:
     if args.job_id is None:
         from zq.overview import overview, render
 
-        view = overview(client.jobs.redis, client.settings.key_prefix)
+        view = overview([shard.jobs.redis for shard in client.shards], client.settings.key_prefix)
         print(json.dumps(view) if args.json else render(view))
         return EXIT_OK
     return _follow(client, args.job_id, args)

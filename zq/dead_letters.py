@@ -1,4 +1,9 @@
-"""``zq dead-letters``: read (or clear) the broker messages workers refused to run."""
+"""``zq dead-letters``: read (or clear) the broker messages workers refused to run.
+
+With several shards (``ZQ_REDIS_SHARDS``) it reads and clears every shard's list: the count
+is the fleet's, the listing merges them newest first and says which shard keeps each letter
+(``shard N`` in the text, ``"shard"`` in ``--json``). With one shard the output is unchanged.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import json
 import time
 from typing import Any
 
-from common.deadletters import DeadLetter, DeadLetterStore
+from common.deadletters import DeadLetter, FleetDeadLetters
 from common.settings import Settings
 
 
@@ -24,23 +29,35 @@ def add_command(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the newest dead letters, or clear the list."""
+    """Print the newest dead letters, or clear the lists."""
     settings = Settings.from_env()
-    store = DeadLetterStore.from_url(settings.redis_url, settings.key_prefix,
-                                     settings.dead_letter_max)
+    store = FleetDeadLetters.from_urls(settings.shard_urls, settings.key_prefix,
+                                       settings.dead_letter_max)
+    sharded = len(store) > 1
     if args.clear:
-        removed = store.clear()
-        print(json.dumps({"cleared": removed}) if args.json else f"cleared {removed} dead letters")
+        by_shard = store.clear()
+        removed = sum(by_shard)
+        if args.json:
+            print(json.dumps({"cleared": removed, **({"by_shard": by_shard} if sharded else {})}))
+        else:
+            print(f"cleared {removed} dead letters" + (f" ({_per_shard(by_shard)})" if sharded
+                                                       else ""))
         return 0
     letters = store.newest(args.limit)
     if args.json:
-        for letter in letters:
-            print(json.dumps(letter.to_dict()))
+        for item in letters:
+            print(json.dumps(item.to_dict() if sharded else item.letter.to_dict()))
         return 0
-    print(f"{store.count()} dead letters" + (f", newest {len(letters)}:" if letters else ""))
-    for letter in letters:
-        print(describe(letter))
+    counts = store.counts()
+    print(f"{sum(counts)} dead letters" + (f" ({_per_shard(counts)})" if sharded else "")
+          + (f", newest {len(letters)}:" if letters else ""))
+    for item in letters:
+        print((f"shard {item.shard}  " if sharded else "") + describe(item.letter))
     return 0
+
+
+def _per_shard(counts: list[int]) -> str:
+    return ", ".join(f"shard {index}: {count}" for index, count in enumerate(counts))
 
 
 def describe(letter: DeadLetter, now: float | None = None) -> str:
