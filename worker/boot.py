@@ -16,6 +16,7 @@ from common.jobstore import JobStore
 from common.queueing import TASK_NAMES, publish
 from common.settings import Settings
 from common.storage import open_store
+from common.webhooks import redact_url
 from worker.acceleration import ModelOptions
 from worker.acceleration import describe as describe_options
 from worker.audit import AuditHooks
@@ -75,6 +76,10 @@ def start_runtime(settings: Settings, model: ModelType, worker_id: str,
     from worker.celery_app import WorkerRuntime
 
     configure_audit_logging()
+    if settings.redis_shards and settings.redis_url not in settings.redis_shards:
+        # A worker serves its ZQ_REDIS_URL only; producers route to the listed shards.
+        log.warning("ZQ_REDIS_URL %s is not one of ZQ_REDIS_SHARDS: no producer with that "
+                    "list routes jobs to this worker", redact_url(settings.redis_url))
     metrics = WorkerMetrics(model)
     address = settings.metrics_addr
     port = bind_first_free(lambda candidate: metrics.serve(candidate, address), address,
