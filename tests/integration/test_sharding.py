@@ -91,6 +91,8 @@ def test_each_conversation_lives_on_one_shard_and_is_served_by_its_workers(
         assert [holders(urls, prefix, job_id) for job_id in ids] == [[shard]] * 3
 
     start_workers(sharded, (ModelType.TURBO, ModelType.EDIT, ModelType.BASE))
+    assert all("is not one of ZQ_REDIS_SHARDS" not in worker.log_text()
+               for shard in sharded for worker in shard.workers)
     records = client.wait_all(turns[0] + turns[1], timeout_s=180)
     assert [r.status for r in records] == [JobStatus.SUCCEEDED] * 6, [r.error for r in records]
     # Each turn ran on a worker of its own shard, after its parent.
@@ -144,3 +146,15 @@ def test_a_batch_and_its_rows_live_on_the_batch_shard(sharded: list[Cluster],
     assert again.batch_id == submission.batch_id
     assert {r.status for r in batches.results_light(again.batch_id) if r.job_id} == {
         JobStatus.SUCCEEDED.value}
+
+
+def test_a_worker_on_a_redis_no_producer_routes_to_says_so(sharded: list[Cluster]) -> None:
+    stray_url = sharded[0].redis_url.rsplit("/", 1)[0] + "/7"
+    assert stray_url not in urls_of(sharded[0])
+    stray = Cluster(env={**sharded[0].env, "ZQ_REDIS_URL": stray_url}, logs=sharded[0].logs,
+                    redis_url=stray_url, prefix=sharded[0].prefix)
+    try:
+        worker = stray.start(ModelType.TURBO, name="turbo-stray@test")
+        assert "is not one of ZQ_REDIS_SHARDS" in worker.log_text()
+    finally:
+        stray.stop_all()
