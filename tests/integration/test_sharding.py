@@ -23,6 +23,7 @@ from producer.conversation import Conversation
 from tests.conftest import require
 from tests.integration.cluster import Cluster
 from zq.embedded_redis import RedisServer, redis_executable, start_redis
+from zq.exporter import QueueLoadCollector, shard_clients
 
 pytestmark = pytest.mark.integration
 SIDE = 32
@@ -69,6 +70,13 @@ def start_workers(shards: list[Cluster], models: tuple[ModelType, ...]) -> None:
             shard.start(model, name=f"{model.value}-s{index}@test")
 
 
+def exported(settings: Settings) -> dict[tuple[str, str | None, str | None], float]:
+    """What ``zq exporter`` serves now: (family, model, shard) -> value."""
+    collector = QueueLoadCollector(shard_clients(settings), settings.key_prefix)
+    return {(sample.name, sample.labels.get("model"), sample.labels.get("shard")): sample.value
+            for family in collector.collect() for sample in family.samples}
+
+
 def urls_of(cluster: Cluster) -> list[str]:
     """The shards' Redis URLs, in routing order."""
     return cluster.env["ZQ_REDIS_SHARDS"].split(",")
@@ -89,6 +97,13 @@ def test_each_conversation_lives_on_one_shard_and_is_served_by_its_workers(
     # Recorded before any worker runs: each turn on its conversation's shard, only there.
     for shard, ids in turns.items():
         assert [holders(urls, prefix, job_id) for job_id in ids] == [[shard]] * 3
+
+    # The exporter adds the shards up: one first turn waits for turbo on each shard.
+    loads = exported(Settings.from_env(sharded[0].env))
+    assert loads[("zq_queue_load", "turbo", None)] == 2
+    assert loads[("zq_shard_queue_load", "turbo", "0")] == 1
+    assert loads[("zq_shard_queue_load", "turbo", "1")] == 1
+    assert loads[("zq_queue_load", "edit", None)] == 0  # the edits wait on their parents
 
     start_workers(sharded, (ModelType.TURBO, ModelType.EDIT, ModelType.BASE))
     assert all("is not one of ZQ_REDIS_SHARDS" not in worker.log_text()
