@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import uuid
@@ -32,13 +33,22 @@ from zq.embedded_redis import RedisServer, redis_executable, start_redis
 pytestmark = pytest.mark.integration
 
 
+@contextlib.contextmanager
+def own_redis(workdir: Path) -> Iterator[RedisServer]:
+    """A Redis server of our own (never the shared one on 6379), stopped on exit."""
+    require(redis_executable() is not None, "redis-server")
+    server = start_redis(workdir)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A Redis server of our own (never the shared one on 6379)."""
-    require(redis_executable() is not None, "redis-server")
-    server = start_redis(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
+    """The session's Redis."""
+    with own_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

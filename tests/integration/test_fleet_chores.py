@@ -24,10 +24,10 @@ from common.queueing import make_celery, publish
 from common.queueload import priority_lists
 from common.settings import Settings
 from common.status import JobStatus
-from tests.conftest import require
+from tests.integration.conftest import own_redis
 from worker.execute import CurrentJob
 from worker.liveness import CHORES_LOCK_BEATS, Liveness, WorkerRegistry
-from zq.embedded_redis import RedisServer, redis_executable, start_redis
+from zq.embedded_redis import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -41,10 +41,8 @@ OWN_BEAT_ROUND_TRIPS = 4
 @pytest.fixture(scope="module")
 def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A Redis of this module's own: its command counters see nothing but these tests."""
-    require(redis_executable() is not None, "redis-server")
-    server = start_redis(tmp_path_factory.mktemp("redis-chores"))
-    yield server
-    server.stop()
+    with own_redis(tmp_path_factory.mktemp("redis-chores")) as server:
+        yield server
 
 
 @pytest.fixture

@@ -20,9 +20,9 @@ from producer.api.conversations import tree
 from producer.batch import Batches
 from producer.client import Client
 from producer.conversation import Conversation
-from tests.conftest import require
 from tests.integration.cluster import Cluster
-from zq.embedded_redis import RedisServer, redis_executable, start_redis
+from tests.integration.conftest import own_redis
+from zq.embedded_redis import RedisServer
 from zq.exporter import QueueLoadCollector, shard_clients
 
 pytestmark = pytest.mark.integration
@@ -32,10 +32,8 @@ SIDE = 32
 @pytest.fixture(scope="module")
 def second_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """Shard 1: a Redis of its own, beside the session's (shard 0)."""
-    require(redis_executable() is not None, "redis-server")
-    server = start_redis(tmp_path_factory.mktemp("redis-shard1"))
-    yield server
-    server.stop()
+    with own_redis(tmp_path_factory.mktemp("redis-shard1")) as server:
+        yield server
 
 
 @pytest.fixture
