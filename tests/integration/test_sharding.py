@@ -10,12 +10,15 @@ from pathlib import Path
 
 import pytest
 import redis
+from fastapi.testclient import TestClient
 from PIL import Image
 
 from common.job import ModelType
 from common.settings import Settings
 from common.shards import shard_index
 from common.status import JobStatus
+from producer.api.app import create_app
+from producer.api.auth import ApiKeys
 from producer.api.conversations import tree
 from producer.batch import Batches
 from producer.client import Client
@@ -171,3 +174,39 @@ def test_a_worker_on_a_redis_no_producer_routes_to_says_so(sharded: list[Cluster
         assert "is not one of ZQ_REDIS_SHARDS" in worker.log_text()
     finally:
         stray.stop_all()
+
+
+def test_the_http_api_routes_follows_and_streams_jobs_on_any_shard(
+        sharded: list[Cluster]) -> None:
+    urls, prefix = urls_of(sharded[0]), sharded[0].prefix
+    settings = Settings.from_env(sharded[0].env)
+    conversation = conversation_on(1, "api")
+    body = {"prompt": "a lantern", "width": SIDE, "height": SIDE, "conversation_id": conversation}
+    with TestClient(create_app(settings, Client(settings), ApiKeys())) as api:
+        root = api.post("/v1/jobs", json=body, headers={"Idempotency-Key": "k-root"})
+        assert root.status_code == 201, root.text
+        root_id = root.json()["job_id"]
+        # The retry of the same request finds the job on its shard: 200, not a second job.
+        again = api.post("/v1/jobs", json=body, headers={"Idempotency-Key": "k-root"})
+        assert (again.status_code, again.json()["job_id"]) == (200, root_id)
+        child = api.post("/v1/jobs", json={"kind": "refine", "parent_id": root_id})
+        assert child.status_code == 201, child.text
+        child_id = child.json()["job_id"]
+        assert child.json()["conversation_id"] == conversation
+    assert holders(urls, prefix, root_id) == [1] and holders(urls, prefix, child_id) == [1]
+
+    # Another replica, which never saw them, serves both and streams the root's end.
+    with TestClient(create_app(settings, Client(settings), ApiKeys())) as other:
+        assert other.get(f"/v1/jobs/{child_id}").json()["parent_id"] == root_id
+        turns = other.get(f"/v1/conversations/{conversation}").json()
+        assert turns["jobs"] == 2 and turns["turns"][0]["children"][0]["job"]["job_id"] == child_id
+        shard1 = Client(settings).shards.shards[1].jobs
+        spec = shard1.get(root_id).spec
+        assert shard1.claim(spec, "w-api", 30, 3).outcome == "claimed"
+        shard1.finish(spec, JobStatus.SUCCEEDED, image=f"img/{root_id}.png")
+        with other.stream("GET", f"/v1/jobs/{root_id}/events") as events:
+            text = "".join(events.iter_text())
+        frames = [block.split("\n") for block in text.strip().split("\n\n")]
+        assert frames[-1][0] == "event: end"
+        assert '"succeeded"' in frames[-1][1]
+        assert other.get("/v1/jobs/not-a-job").status_code == 404
