@@ -27,6 +27,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+import redis
+
 from common.errors import ConfigError, JobNotFound
 from common.job import JobSpec
 from common.jobstore import JobStore
@@ -116,7 +118,8 @@ class Shards:
 
         Raises ``JobNotFound`` for a parent no shard knows.
         """
-        found = self.locate(spec.job_id)
+        # A shard that cannot be reached does not stop jobs routed elsewhere.
+        found = self.locate_many([spec.job_id], tolerant=True).get(spec.job_id)
         if found is not None:
             return found
         if spec.parent_id is not None:
@@ -140,10 +143,12 @@ class Shards:
         """The shard holding ``job_id``'s record, or None; the only shard when there is one."""
         return self.locate_many([job_id]).get(job_id)
 
-    def locate_many(self, job_ids: list[str]) -> dict[str, Shard]:
+    def locate_many(self, job_ids: list[str], tolerant: bool = False) -> dict[str, Shard]:
         """The shard of each known id (unknown ids are left out); one call per shard asked.
 
         With one shard every id maps to it unasked: its reader reports what is missing.
+        An id not found while a shard could not be asked may be there: its Redis error is
+        raised, unless ``tolerant`` (then that shard counts as not holding it).
         """
         if len(self.shards) == 1:
             return {job_id: self.shards[0] for job_id in job_ids}
@@ -154,17 +159,25 @@ class Shards:
                 if index is not None:
                     found[job_id] = self.shards[index]
         unknown = [job_id for job_id in dict.fromkeys(job_ids) if job_id not in found]
+        unreachable: redis.RedisError | None = None
         for shard in self.shards:
             if not unknown:
                 break
             pipe = shard.jobs.redis.pipeline(transaction=False)
             for job_id in unknown:
                 pipe.exists(shard.jobs.job_key(job_id))
-            for job_id, exists in zip(unknown, pipe.execute(), strict=True):
+            try:
+                answers = pipe.execute()
+            except redis.RedisError as exc:
+                unreachable = unreachable or exc
+                continue
+            for job_id, exists in zip(unknown, answers, strict=True):
                 if exists:
                     found[job_id] = shard
                     self.remember(job_id, shard)
             unknown = [job_id for job_id in unknown if job_id not in found]
+        if unknown and unreachable is not None and not tolerant:
+            raise unreachable
         return found
 
     def known(self, job_id: str) -> bool:
@@ -182,10 +195,19 @@ class Shards:
         return shard
 
     def for_batch(self, batch_id: str) -> Shard:
-        """The shard of a batch: the one that recorded it, else its key's (a new batch)."""
+        """The shard of a batch: the one that recorded it, else its key's (a new batch).
+
+        Another shard that cannot be reached is passed over: a batch is found on its key's
+        shard unless the shard list changed since it was recorded.
+        """
         if len(self.shards) == 1:
             return self.shards[0]
-        for shard in self.shards:
-            if shard.jobs.batches.exists(batch_id):
-                return shard
-        return self.for_key(batch_id)
+        home = self.for_key(batch_id)
+        for shard in [home, *(shard for shard in self.shards if shard is not home)]:
+            try:
+                if shard.jobs.batches.exists(batch_id):
+                    return shard
+            except redis.RedisError:
+                if shard is home:
+                    raise  # where a new batch would go: nothing to do without it
+        return home

@@ -80,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     except (TransientError, StorageError) as exc:
         return _fail(f"error: {exc}", EXIT_UNAVAILABLE)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        return _fail(f"error: cannot reach Redis (ZQ_REDIS_URL): {exc}", EXIT_UNAVAILABLE)
+        sharded = os.environ.get("ZQ_REDIS_SHARDS", "").strip()
+        where = "ZQ_REDIS_SHARDS" if sharded else "ZQ_REDIS_URL"
+        return _fail(f"error: cannot reach Redis ({where}): {exc}", EXIT_UNAVAILABLE)
     except ZqError as exc:
         return _fail(f"error: {exc}", EXIT_FAILED)
     except KeyboardInterrupt:

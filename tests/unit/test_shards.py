@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import pytest
+import redis
 
 from common.errors import ConfigError, JobNotFound
 from common.job import JobKind, new_job
@@ -62,26 +63,29 @@ def test_a_repeated_shard_is_named_without_its_password() -> None:
 class FakePipe:
     """Answers EXISTS from the fake Redis's keys, in one batch."""
 
-    keys: set[str]
+    redis: FakeRedis
     asked: list[str] = field(default_factory=list)
 
     def exists(self, key: str) -> None:
         self.asked.append(key)
 
     def execute(self) -> list[int]:
-        return [int(key in self.keys) for key in self.asked]
+        return [self.redis.exists(key) for key in self.asked]
 
 
 @dataclass
 class FakeRedis:
     keys: set[str] = field(default_factory=set)
     pipelines: int = 0
+    down: bool = False
 
     def pipeline(self, transaction: bool = True) -> FakePipe:
         self.pipelines += 1
-        return FakePipe(self.keys)
+        return FakePipe(self)
 
     def exists(self, key: str) -> int:
+        if self.down:
+            raise redis.ConnectionError("Error 111 connecting to shard")
         return int(key in self.keys)
 
 
@@ -90,7 +94,7 @@ class FakeBatches:
     redis: FakeRedis
 
     def exists(self, batch_id: str) -> bool:
-        return f"zq:batch:{batch_id}" in self.redis.keys
+        return bool(self.redis.exists(f"zq:batch:{batch_id}"))
 
 
 @dataclass
@@ -193,3 +197,33 @@ def test_each_shards_sender_publishes_to_that_shards_redis() -> None:
     apps: list[Any] = [shard.app for shard in shards]
     assert [app.conf.broker_url for app in apps] == ["redis://shard0", "redis://shard1"]
     assert shards.shards[1].app is apps[1]  # made once
+
+
+def test_a_shard_that_is_down_stops_only_what_may_be_on_it() -> None:
+    shards, redis_of = fake_shards(2)
+    redis_of[1].down = True
+    redis_of[0].keys.add("zq:job:on-0")
+    # Found on a shard that answers: the down one does not matter.
+    assert shards.holding("on-0").index == 0
+    # Not found while a shard did not answer: it may be there, so that is the error.
+    with pytest.raises(redis.ConnectionError):
+        shards.holding("anywhere")
+    # A new conversation routed to the shard that answers goes in...
+    up = new_job(JobKind.GENERATE, prompt="p", conversation_id=conversation_on(0, 2))
+    assert shards.for_new(up).index == 0
+    # ... one routed to the down shard is routed there (and fails on submit, not here).
+    down = new_job(JobKind.GENERATE, prompt="p", conversation_id=conversation_on(1, 2))
+    assert shards.for_new(down).index == 1
+    # A turn whose parent may be on the down shard cannot be placed.
+    with pytest.raises(redis.ConnectionError):
+        shards.for_new(new_job(JobKind.EDIT, prompt="p", parent_id="somewhere"))
+
+
+def test_a_batch_is_found_past_a_shard_that_is_down_unless_it_is_the_batchs_own() -> None:
+    shards, redis_of = fake_shards(2)
+    home = shard_index("b1", 2)
+    redis_of[1 - home].down = True
+    assert shards.for_batch("b1").index == home
+    redis_of[1 - home].down, redis_of[home].down = False, True
+    with pytest.raises(redis.ConnectionError):
+        shards.for_batch("b1")
