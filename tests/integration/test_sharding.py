@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import itertools
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -210,3 +213,27 @@ def test_the_http_api_routes_follows_and_streams_jobs_on_any_shard(
         assert frames[-1][0] == "event: end"
         assert '"succeeded"' in frames[-1][1]
         assert other.get("/v1/jobs/not-a-job").status_code == 404
+
+
+def test_a_shard_going_down_stops_only_the_work_routed_to_it(cluster: Cluster,
+                                                            tmp_path: Path) -> None:
+    with own_redis(tmp_path / "shard1") as shard1:
+        env = {**cluster.env, "ZQ_REDIS_SHARDS": f"{cluster.redis_url},{shard1.url}"}
+        client = Client(Settings.from_env(env))
+        on_1 = client.generate("p", width=SIDE, height=SIDE,
+                               conversation_id=conversation_on(1, "down")).job_id
+        shard1.stop()
+        on_0 = client.generate("p", width=SIDE, height=SIDE,
+                               conversation_id=conversation_on(0, "up")).job_id
+        stranger = Client(Settings.from_env(env))
+        assert stranger.status(on_0).status is JobStatus.QUEUED
+        with pytest.raises(redis.ConnectionError):
+            stranger.status(on_1)  # it may be on the silent shard: not "unknown"
+        with pytest.raises(redis.ConnectionError):
+            client.generate("p", conversation_id=conversation_on(1, "down2"))
+        run = subprocess.run([sys.executable, "-m", "zq", "status", on_1],
+                             env={**os.environ, **env}, capture_output=True, text=True,
+                             timeout=60)
+        assert run.returncode == 3, run.stderr
+        assert "cannot reach Redis (ZQ_REDIS_SHARDS)" in run.stderr
+        assert "Traceback" not in run.stderr
