@@ -38,8 +38,22 @@ socket issued it (producer or worker, via ``/proc``) or to a Lua script; ``evals
 by script (``common/lua/{name}.lua``; a script's text, so its SHA1, is the same in every
 process).
 
-Run: ``python bench/broker_scale.py -n 300 --workers 4 [--label baseline]``; the results go
-to the ``broker_scale`` section of RESULTS.md (``broker_scale_<label>`` with ``--label``).
+With ``--shards N`` (N > 1) the zq side runs twice in the same run: first on one Redis as
+above, then on N private Redis servers, the shards of ``common/shards.py``. The W workers are
+split evenly over the shards (worker i serves shard i mod N: its ``ZQ_REDIS_URL``), and the
+producers' clients get ``ZQ_REDIS_SHARDS`` naming all of them, so each job lands on shard
+``crc32(conversation id) mod N`` (a new job's conversation id is its uuid job id, so they
+spread) and is followed there; a submit first asks every shard whether the id is known (one
+pipelined ``EXISTS`` per shard). Every shard is sampled as above, and its numbers are per job
+*that landed on it*: Redis CPU (net of its own idle background), commands, and jobs/s at 100%
+of its one core. The fleet line adds the shards up (total net CPU over all jobs; N cores at
+100% carry N x 1e6 / that many jobs/s), and the cross-shard overhead is the sharded run's
+commands and CPU per job over the one-Redis run's, command by command. The raw Celery side
+stays on one Redis.
+
+Run: ``python bench/broker_scale.py -n 300 --workers 4 [--shards N] [--label baseline]``; the
+results go to the ``broker_scale`` section of RESULTS.md (``broker_scale_<label>`` with
+``--label``).
 """
 
 from __future__ import annotations
@@ -70,6 +84,7 @@ from common.job import DEFAULT_PRIORITY, JobKind, JobSpec, new_job
 from common.keys import Keys
 from common.queueing import broker_priority
 from common.settings import Settings
+from common.shards import shard_index
 from common.status import JobStatus
 
 TOP_COMMANDS = 15
@@ -102,6 +117,17 @@ class Window:
         return sum(self.calls.values())
 
 
+def combined(windows: list[Window]) -> Window:
+    """Several Redis servers' windows over the same span as one: counters added up, the
+    span their mean length (they are sampled one right after the other)."""
+    calls: dict[str, int] = {}
+    for part in windows:
+        for name, count in part.calls.items():
+            calls[name] = calls.get(name, 0) + count
+    return Window(statistics.fmean(w.seconds for w in windows), sum(w.cpu_s for w in windows),
+                  sum(w.proc_s for w in windows), calls)
+
+
 def sample(client: redis.Redis, pid: int) -> Sample:
     """Read Redis's CPU and command counters (INFO, /proc) now."""
     cpu = client.info("cpu")
@@ -130,6 +156,8 @@ class SideResult:
     busy: Window
     wake_s: list[float] = field(default_factory=list)
     trace: list[list[object]] = field(default_factory=list)
+    shards: list[SideResult] = field(default_factory=list)  # each shard's, when sharded
+    workers: list[int] = field(default_factory=list)  # worker processes per shard
 
     def idle_share(self) -> float:
         """The idle window scaled to the job window's length."""
@@ -313,16 +341,22 @@ def run_threads(shares: list[list[Any]], work: Callable[[int, list[Any]], None])
         raise errors[0]
 
 
-def measure(client: redis.Redis, pid: int, idle_s: float,
-            drive: Callable[[], None]) -> tuple[Window, Window]:
-    """The idle window (workers up, no jobs) and the window around ``drive()``."""
+def measure(servers: list[tuple[redis.Redis, int]], idle_s: float,
+            drive: Callable[[], None]) -> tuple[list[Window], list[Window]]:
+    """Each server's idle window (workers up, no jobs) and window around ``drive()``."""
+    def sample_all() -> list[Sample]:
+        return [sample(client, pid) for client, pid in servers]
+
+    def windows(before: list[Sample], after: list[Sample]) -> list[Window]:
+        return [window(b, a) for b, a in zip(before, after, strict=True)]
+
     time.sleep(2.0)  # let start-up traffic settle
-    first = sample(client, pid)
+    first = sample_all()
     time.sleep(idle_s)
-    idle = window(first, sample(client, pid))
-    before = sample(client, pid)
+    idle = windows(first, sample_all())
+    before = sample_all()
     drive()
-    return idle, window(before, sample(client, pid))
+    return idle, windows(before, sample_all())
 
 
 @contextmanager
@@ -339,44 +373,72 @@ def private_redis(workdir: Path) -> Iterator[tuple[Any, redis.Redis]]:
         server.stop()
 
 
-def sequential(args: argparse.Namespace, result: SideResult, port: int,
+def sequential(args: argparse.Namespace, result: SideResult, ports: list[int],
                procs: list[tuple[str, subprocess.Popen[bytes], Path]],
                one: Callable[[int], float]) -> None:
-    """Time ``args.wake`` sequential jobs' wake-up, then trace ``args.trace`` more."""
+    """Time ``args.wake`` sequential jobs' wake-up, then trace ``args.trace`` more on every
+    Redis in ``ports`` (their calls added up)."""
     result.wake_s = [one(i) for i in range(args.wake)]
     if not args.trace:
         return
-    trace = MonitorTrace(port)
+    traces = [MonitorTrace(port) for port in ports]
     for i in range(args.trace):
         one(args.wake + i)
     roles = {os.getpid(): "producer", **{proc.pid: "worker" for _, proc, _ in procs}}
-    ports = socket_roles(roles)
-    result.trace = attribute(trace.stop(), ports, args.trace)
+    sockets = socket_roles(roles)
+    result.trace = attribute([call for trace in traces for call in trace.stop()], sockets,
+                             args.trace)
 
 
-def zq_side(args: argparse.Namespace, workdir: Path, checkpoint: Path) -> SideResult:
-    """Run the zq side: real workers, ``Client.submit`` and ``Client.wait``."""
+def zq_env(args: argparse.Namespace, workdir: Path, checkpoint: Path,
+           prefix: str) -> dict[str, str]:
+    """The environment zq's workers and producers share (each worker adds its shard)."""
+    return {"ZQ_STORAGE_URL": (workdir / "storage").as_uri(),
+            "ZQ_MODEL_TURBO": str(checkpoint), "ZQ_DEVICE": "cpu", "ZQ_KEY_PREFIX": prefix,
+            "ZQ_METRICS_PORT": "0", "ZQ_WARMUP_SIZE_PX": str(args.size),
+            "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+            # the workers run this tree's code, as the producer does (see _shared)
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
+                                                        os.environ.get("PYTHONPATH")]))}
+
+
+def start_zq_workers(stack: ExitStack, args: argparse.Namespace, workdir: Path,
+                     env: dict[str, str], urls: list[str]
+                     ) -> list[list[tuple[str, subprocess.Popen[bytes], Path]]]:
+    """``args.workers`` zq workers, worker i serving shard i mod N; the processes per shard."""
+    argvs = []
+    for i in range(args.workers):
+        shard = i % len(urls)
+        name = (f"bench-turbo-{i}@bench" if len(urls) == 1
+                else f"bench-turbo-{i}-s{shard}@bench")
+        argvs.append((name, [sys.executable, "-m", "zq", "worker", "--model", "turbo",
+                             "--name", name, "--loglevel", "WARNING"],
+                      {**env, "ZQ_REDIS_URL": urls[shard],
+                       "ZQ_HEALTH_DIR": str(workdir / "health" / str(i))}))
+    procs = start_workers(stack, argvs, workdir / "logs")
+    return [procs[shard::len(urls)] for shard in range(len(urls))]
+
+
+def zq_side(args: argparse.Namespace, workdir: Path, checkpoint: Path,
+            shards: int = 1) -> SideResult:
+    """Run the zq side: real workers, ``Client.submit`` and ``Client.wait``, on ``shards``
+    private Redis servers (with more than one, per-shard results in ``shards``)."""
     from producer.client import Client
 
     with ExitStack() as stack:
-        server, client = stack.enter_context(private_redis(workdir / "redis"))
+        servers = [stack.enter_context(private_redis(workdir / f"redis{'' if k == 0 else k}"))
+                   for k in range(shards)]
+        urls = [server.url for server, _ in servers]
         prefix = f"zqb{uuid.uuid4().hex[:6]}"
-        env = {"ZQ_REDIS_URL": server.url, "ZQ_STORAGE_URL": (workdir / "storage").as_uri(),
-               "ZQ_MODEL_TURBO": str(checkpoint), "ZQ_DEVICE": "cpu", "ZQ_KEY_PREFIX": prefix,
-               "ZQ_METRICS_PORT": "0", "ZQ_WARMUP_SIZE_PX": str(args.size),
-               "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-               # the workers run this tree's code, as the producer does (see _shared)
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
-                                                           os.environ.get("PYTHONPATH")]))}
-        names = [f"bench-turbo-{i}@bench" for i in range(args.workers)]
-        argvs = [(name, [sys.executable, "-m", "zq", "worker", "--model", "turbo", "--name",
-                         name, "--loglevel", "WARNING"],
-                  {**env, "ZQ_HEALTH_DIR": str(workdir / "health" / str(i))})
-                 for i, name in enumerate(names)]
-        procs = start_workers(stack, argvs, workdir / "logs")
-        wait_ready(procs, client, Keys(prefix).worker, args.timeout)
+        env = zq_env(args, workdir, checkpoint, prefix)
+        per_shard = start_zq_workers(stack, args, workdir, env, urls)
+        for (_, client), procs in zip(servers, per_shard, strict=True):
+            wait_ready(procs, client, Keys(prefix).worker, args.timeout)
 
-        settings = Settings.from_env(env)
+        producer_env = {**env, "ZQ_REDIS_URL": urls[0]}
+        if shards > 1:
+            producer_env["ZQ_REDIS_SHARDS"] = ",".join(urls)
+        settings = Settings.from_env(producer_env)
         clients = [Client(settings) for _ in range(args.producers)]
 
         def job(i: int) -> JobSpec:
@@ -396,8 +458,9 @@ def zq_side(args: argparse.Namespace, workdir: Path, checkpoint: Path) -> SideRe
                     raise RuntimeError(f"job {spec.job_id} {record.status.value}: "
                                        f"{record.error}")
 
-        idle, busy = measure(client, server.pid, args.idle, lambda: run_threads(shares, produce))
-        result = SideResult("zq", args.jobs, idle, busy)
+        idle, busy = measure([(client, server.pid) for server, client in servers], args.idle,
+                             lambda: run_threads(shares, produce))
+        result = sharded_result(jobs, idle, busy, [len(procs) for procs in per_shard])
 
         def one(i: int) -> float:
             spec = job(args.jobs + i)
@@ -408,8 +471,24 @@ def zq_side(args: argparse.Namespace, workdir: Path, checkpoint: Path) -> SideRe
                 raise RuntimeError(f"wake-up job {spec.job_id} {record.status.value}")
             return returned - record.finished_at
 
-        sequential(args, result, server.port, procs, one)
+        sequential(args, result, [server.port for server, _ in servers],
+                   [proc for procs in per_shard for proc in procs], one)
     return result
+
+
+def sharded_result(jobs: list[JobSpec], idle: list[Window], busy: list[Window],
+                   workers: list[int]) -> SideResult:
+    """The zq side's result: one Redis's as is; several shards' added up (the fleet), each
+    shard's counted over the jobs that landed on it (crc32 of the conversation id)."""
+    count = len(idle)
+    if count == 1:
+        return SideResult("zq", len(jobs), idle[0], busy[0])
+    landed = [0] * count
+    for spec in jobs:
+        landed[shard_index(spec.conversation_id, count)] += 1
+    parts = [SideResult(f"shard {k}", landed[k], idle[k], busy[k]) for k in range(count)]
+    return SideResult(f"zq, {count} shards", len(jobs), combined(idle), combined(busy),
+                      shards=parts, workers=workers)
 
 
 def raw_side(args: argparse.Namespace, workdir: Path, task_s: float) -> SideResult:
@@ -449,8 +528,9 @@ def raw_side(args: argparse.Namespace, workdir: Path, task_s: float) -> SideResu
             for handle in results:
                 handle.get(timeout=args.timeout)
 
-        idle, busy = measure(client, server.pid, args.idle, lambda: run_threads(shares, produce))
-        result = SideResult("raw Celery", args.jobs, idle, busy)
+        idle, busy = measure([(client, server.pid)], args.idle,
+                             lambda: run_threads(shares, produce))
+        result = SideResult("raw Celery", args.jobs, idle[0], busy[0])
 
         def one(i: int) -> float:
             del i
@@ -459,35 +539,39 @@ def raw_side(args: argparse.Namespace, workdir: Path, task_s: float) -> SideResu
                                          ).get(timeout=args.timeout)
             return time.time() - float(ended)
 
-        sequential(args, result, server.port, procs, one)
+        sequential(args, result, [server.port], procs, one)
     return result
 
 
-def summary(args: argparse.Namespace, zq: SideResult, raw: SideResult) -> str:
-    """The Markdown body of the results section."""
+def summary(args: argparse.Namespace, zqs: list[SideResult], raw: SideResult) -> str:
+    """The Markdown body of the results section: ``zqs`` is the zq side on one Redis, then
+    (with ``--shards``) on the shards."""
+    sides = [*zqs, raw]
+
     def row(side: SideResult) -> list[object]:
         net = side.cpu_us(net=True)
         return [side.name, side.jobs, side.busy.seconds, side.jobs / side.busy.seconds,
                 side.cpu_us(net=False), net, side.cpu_us(net=False, proc=True),
                 side.cpu_us(net=True, proc=True), side.calls(net=False), side.calls(net=True),
                 side.calls(net=False, command="evalsha"), side.calls(net=True, command="evalsha"),
-                f"{1e6 / net:.0f}" if net > 0 else "n/a"]
+                per_core(side)]
 
     main_table = table(
         ["side", "jobs", "wall s", "jobs/s", "Redis CPU us/job (gross)", "(net of idle)",
          "/proc CPU us/job (gross)", "(net)", "calls/job (gross)", "(net)",
          "evalsha/job (gross)", "(net)",
          "jobs/s per Redis core = GPUs at 1 image/s per Redis core"],
-        [row(zq), row(raw)])
+        [row(side) for side in sides])
     idle_table = table(
         ["side", "idle window s", "Redis CPU ms/s", "calls/s", "calls/s per worker"],
         [[s.name, s.idle.seconds, s.idle.cpu_s / s.idle.seconds * 1000,
           s.idle.total_calls / s.idle.seconds,
-          s.idle.total_calls / s.idle.seconds / args.workers] for s in (zq, raw)])
+          s.idle.total_calls / s.idle.seconds / args.workers] for s in sides])
     wake_table = table(
         ["side", "waiter", "jobs", "median ms", "p90 ms"],
-        [[zq.name, "Client.wait (push, polling only as a fallback)", len(zq.wake_s),
-          statistics.median(zq.wake_s) * 1000, percentile(zq.wake_s, 0.9) * 1000],
+        [*[[zq.name, "Client.wait (push, polling only as a fallback)", len(zq.wake_s),
+            statistics.median(zq.wake_s) * 1000, percentile(zq.wake_s, 0.9) * 1000]
+           for zq in zqs],
          [raw.name, "AsyncResult.get (result backend pub/sub)", len(raw.wake_s),
           statistics.median(raw.wake_s) * 1000, percentile(raw.wake_s, 0.9) * 1000]])
 
@@ -499,25 +583,45 @@ def summary(args: argparse.Namespace, zq: SideResult, raw: SideResult) -> str:
                        side.calls(net=False, command=c) - side.calls(net=True, command=c),
                        side.calls(net=True, command=c)] for c in names])
 
-    ratio = zq.cpu_us(net=True) / raw.cpu_us(net=True)
-    gross_ratio = zq.cpu_us(net=False) / raw.cpu_us(net=False)
+    def ratio_line(zq: SideResult) -> str:
+        ratio = zq.cpu_us(net=True) / raw.cpu_us(net=True)
+        gross_ratio = zq.cpu_us(net=False) / raw.cpu_us(net=False)
+        name = "zq" if len(zqs) == 1 else f"{zq.name} (all shards)" if zq.shards else zq.name
+        return (f"**{name} / raw Celery Redis CPU per job: {ratio:.2f}x net of idle** "
+                f"({gross_ratio:.2f}x gross); calls per job {zq.calls(net=True):.1f} against "
+                f"{raw.calls(net=True):.1f} net.")
+
+    def command_tables() -> str:
+        if len(zqs) == 1:
+            return (f"Top {TOP_COMMANDS} Redis commands per zq job (idle share = the idle "
+                    f"window's rate over the job window, per job):\n\n{commands(zqs[0])}\n\n")
+        return "".join(f"Top {TOP_COMMANDS} Redis commands per job, {zq.name}"
+                       f"{', all shards added up' if zq.shards else ''} (idle share = the idle "
+                       f"window's rate over the job window, per job):\n\n{commands(zq)}\n\n"
+                       for zq in zqs)
+
     redis_version = redis_version_of()
+    sharded = next((zq for zq in zqs if zq.shards), None)
+    where = ("each side on its own private "
+             f"redis-server {redis_version}" if sharded is None else
+             f"each side on its own private redis-server {redis_version}, the sharded zq side "
+             f"on {len(sharded.shards)} (one per shard, the workers split "
+             f"{'/'.join(map(str, sharded.workers))} over them); the raw Celery side stays on "
+             "one Redis")
     return (f"{args.jobs} jobs per side ({args.size}x{args.size}, 1 step, tiny turbo "
             f"checkpoint for zq; a no-op task for raw Celery), {args.workers} workers and "
-            f"{args.producers} producer threads per side, each side on its own private "
-            f"redis-server {redis_version}. Idle window {args.idle:.0f} s per side, scaled to "
+            f"{args.producers} producer threads per side, {where}. Idle window "
+            f"{args.idle:.0f} s per side, scaled to "
             f"the job window's length for the net numbers. What each side does: see the "
             f"docstring of `bench/broker_scale.py`.\n\n{main_table}\n\n"
-            f"**zq / raw Celery Redis CPU per job: {ratio:.2f}x net of idle** "
-            f"({gross_ratio:.2f}x gross); calls per job {zq.calls(net=True):.1f} against "
-            f"{raw.calls(net=True):.1f} net.\n\n"
-            f"Idle background (workers up, no jobs):\n\n{idle_table}\n\n"
+            + "\n\n".join(ratio_line(zq) for zq in zqs) + "\n\n"
+            + (shard_report(zqs[0], sharded) if sharded is not None else "")
+            + f"Idle background (workers up, no jobs):\n\n{idle_table}\n\n"
             f"Wake-up delay, job end to the waiting producer's return, {args.wake} "
             f"sequential jobs:\n\n{wake_table}\n\n"
-            f"Top {TOP_COMMANDS} Redis commands per zq job (idle share = the idle window's "
-            f"rate over the job window, per job):\n\n{commands(zq)}\n\n"
+            f"{command_tables()}"
             f"Top {TOP_COMMANDS} Redis commands per raw Celery task:\n\n{commands(raw)}\n\n"
-            f"{traces(args, zq, raw)}"
+            f"{traces(args, zqs, raw)}"
             "Redis CPU is `INFO cpu` (used_cpu_sys + used_cpu_user); the /proc columns are the "
             "redis-server process's utime + stime (10 ms ticks, so coarser). Calls are "
             "`INFO commandstats`, without the benchmark's own INFO calls. On this 2-core "
@@ -525,18 +629,71 @@ def summary(args: argparse.Namespace, zq: SideResult, raw: SideResult) -> str:
             "are not a throughput ceiling; CPU and calls per job are the portable numbers.")
 
 
-def traces(args: argparse.Namespace, zq: SideResult, raw: SideResult) -> str:
+def per_core(side: SideResult) -> str:
+    """Jobs/s one Redis core at 100% carries at this side's net CPU per job."""
+    net = side.cpu_us(net=True)
+    return f"{1e6 / net:.0f}" if net > 0 else "n/a"
+
+
+def shard_report(one: SideResult, sharded: SideResult) -> str:
+    """Each shard's cost per job that landed on it, the fleet line, and the cross-shard
+    overhead: the sharded run's calls and CPU per job over the one-Redis run's."""
+    count = len(sharded.shards)
+
+    def row(name: str, workers: int, side: SideResult) -> list[object]:
+        return [name, workers, side.jobs, side.cpu_us(net=False), side.cpu_us(net=True),
+                side.calls(net=False), side.calls(net=True),
+                side.calls(net=True, command="exists"), per_core(side)]
+
+    shard_table = table(
+        ["Redis", "workers", "jobs landed", "Redis CPU us/job (gross)", "(net of idle)",
+         "calls/job (gross)", "(net)", "exists/job (net)", "jobs/s at 100% of its core"],
+        [row(one.name + " (same run)", sum(sharded.workers), one),
+         *[row(part.name, workers, part)
+           for part, workers in zip(sharded.shards, sharded.workers, strict=True)]])
+    fleet_us, one_us = sharded.cpu_us(net=True), one.cpu_us(net=True)
+    names = sorted(set(one.busy.calls) | set(sharded.busy.calls))
+    pairs = {name: (one.calls(net=True, command=name), sharded.calls(net=True, command=name))
+             for name in names}
+    changed = sorted((name for name, (a, b) in pairs.items() if abs(b - a) >= 0.05),
+                     key=lambda name: -abs(pairs[name][1] - pairs[name][0]))
+    overhead_table = table(["command", "calls/job, 1 Redis", f"calls/job, {count} shards "
+                            "added up", "difference"],
+                           [[name, *pairs[name], pairs[name][1] - pairs[name][0]]
+                            for name in changed])
+    fleet_line = (f"**Fleet: {count} x {1e6 / fleet_us:.0f} = {count * 1e6 / fleet_us:.0f} "
+                  f"jobs/s at 100% of one core per shard** (= GPUs at 1 image/s on {count} "
+                  f"Redis cores; {fleet_us:.2f} us net of Redis CPU per job, all shards added "
+                  f"up), against {1e6 / one_us:.0f} on one Redis in the same run: "
+                  f"{count * one_us / fleet_us:.2f}x for {count}x the Redis cores."
+                  if fleet_us > 0 and one_us > 0 else "Fleet: n/a (no net CPU measured).")
+    return (f"Per shard: each shard's counters over the jobs that landed on it (shard "
+            f"crc32(conversation id) mod {count}; a shard also answers the submit-time "
+            "`EXISTS` of jobs that land elsewhere, so its exists/job is about the shard count), "
+            f"next to the one-Redis zq side of the same run:\n\n{shard_table}\n\n"
+            f"{fleet_line}\n\n"
+            f"Cross-shard overhead: {sharded.calls(net=True) - one.calls(net=True):+.2f} calls "
+            f"and {fleet_us - one_us:+.2f} us of Redis CPU per job "
+            f"({(fleet_us / one_us - 1) * 100:+.1f}%), all shards added up against one Redis; "
+            "commands whose count per job differs by 0.05 or more (net of idle):\n\n"
+            f"{overhead_table}\n\n")
+
+
+def traces(args: argparse.Namespace, zqs: list[SideResult], raw: SideResult) -> str:
     """The MONITOR attribution tables, or nothing without ``--trace``."""
     if not args.trace:
         return ""
     headers = ["issued by", "command", "calls/job"]
+    zq_tables = "".join(f"{'zq' if len(zqs) == 1 else zq.name}"
+                        f"{' (all shards traced, added up)' if zq.shards else ''}:\n\n"
+                        f"{table(headers, zq.trace)}\n\n" for zq in zqs)
     return (f"Who issues them: `MONITOR` over {args.trace} more sequential jobs per side "
             "(after the timed ones), each call attributed to the connection's process "
             "(producer = the benchmark's `Client` / `AsyncResult`, worker = a worker "
             "process); commands that Lua scripts run are listed on their own (commandstats "
             "counts them too), and `evalsha` is named by script. Includes the idle "
             "background of those few seconds.\n\n"
-            f"zq:\n\n{table(headers, zq.trace)}\n\n"
+            f"{zq_tables}"
             f"raw Celery:\n\n{table(headers, raw.trace)}\n\n")
 
 
@@ -550,6 +707,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--jobs", type=int, default=300, help="jobs per side")
     parser.add_argument("--workers", type=int, default=4, help="worker processes per side")
+    parser.add_argument("--shards", type=int, default=1,
+                        help="also run the zq side on this many private Redis shards, the "
+                             "workers split evenly over them (1: one Redis only)")
     parser.add_argument("--producers", type=int, default=2, help="producer threads per side")
     parser.add_argument("--size", type=int, default=16, help="image side in pixels (zq)")
     parser.add_argument("--idle", type=float, default=15.0, help="idle window, seconds")
@@ -565,13 +725,19 @@ def main() -> None:
                              "time per job, measured in the same run; 0: a true no-op)")
     parser.add_argument("--timeout", type=float, default=300.0)
     args = parser.parse_args()
+    if not 1 <= args.shards <= args.workers:
+        parser.error("--shards must be between 1 and --workers (a shard needs a worker)")
     os.environ["OMP_NUM_THREADS"] = "1"
     from worker.tiny_models import TINY_MODEL_SEEDS, make_tiny_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="zq-broker-scale-") as tmp:
         workdir = Path(tmp)
         checkpoint = make_tiny_checkpoint(workdir / "models" / "turbo", TINY_MODEL_SEEDS["turbo"])
-        zq = zq_side(args, workdir / "zq", checkpoint)
+        zqs = [zq_side(args, workdir / "zq", checkpoint)]
+        if args.shards > 1:
+            zqs[0].name = "zq, 1 Redis"
+            zqs.append(zq_side(args, workdir / "zq-sharded", checkpoint, args.shards))
+        zq = zqs[0]
         # A no-op task finishes the run in a fraction of zq's time, and Redis spends more
         # CPU per command when commands trickle in than when they arrive in bursts: pace
         # the raw tasks like zq's renders (worker-seconds per job), unless told otherwise.
@@ -579,11 +745,12 @@ def main() -> None:
                   else args.raw_task_ms / 1000)
         raw = raw_side(args, workdir / "raw", task_s)
         args.note = (f"{args.note}\n\n" if args.note else "") + (
-            f"Raw Celery tasks each take {task_s * 1000:.1f} ms (zq's worker time per job), "
+            f"Raw Celery tasks each take {task_s * 1000:.1f} ms (zq's worker time per job"
+            f"{', on one Redis' if args.shards > 1 else ''}), "
             "so both sides spread their jobs over about the same time.")
     name = f"broker_scale_{args.label}" if args.label else "broker_scale"
     note = f"{args.note}\n\n" if args.note else ""
-    write_section(name, name, note + summary(args, zq, raw), args.results)
+    write_section(name, name, note + summary(args, zqs, raw), args.results)
 
 
 if __name__ == "__main__":
