@@ -43,13 +43,13 @@ above, then on N private Redis servers, the shards of ``common/shards.py``. The 
 split evenly over the shards (worker i serves shard i mod N: its ``ZQ_REDIS_URL``), and the
 producers' clients get ``ZQ_REDIS_SHARDS`` naming all of them, so each job lands on shard
 ``crc32(conversation id) mod N`` (a new job's conversation id is its uuid job id, so they
-spread) and is followed there; a submit first asks every shard whether the id is known (one
-pipelined ``EXISTS`` per shard). Every shard is sampled as above, and its numbers are per job
-*that landed on it*: Redis CPU (net of its own idle background), commands, and jobs/s at 100%
-of its one core. The fleet line adds the shards up (total net CPU over all jobs; N cores at
-100% carry N x 1e6 / that many jobs/s), and the cross-shard overhead is the sharded run's
-commands and CPU per job over the one-Redis run's, command by command. The raw Celery side
-stays on one Redis.
+spread) and is followed there; the ids are made by the producer (``new_id``, as
+``Client.generate`` does), so no shard is asked for them first. Every shard is sampled as
+above, and its numbers are per job *that landed on it*: Redis CPU (net of its own idle
+background), commands, and jobs/s at 100% of its one core. The fleet line adds the shards
+up (total net CPU over all jobs; N cores at 100% carry N x 1e6 / that many jobs/s), and the
+cross-shard overhead is the sharded run's commands and CPU per job over the one-Redis
+run's, command by command. The raw Celery side stays on one Redis.
 
 Run: ``python bench/broker_scale.py -n 300 --workers 4 [--shards N] [--label baseline]``; the
 results go to the ``broker_scale`` section of RESULTS.md (``broker_scale_<label>`` with
@@ -451,7 +451,7 @@ def zq_side(args: argparse.Namespace, workdir: Path, checkpoint: Path,
         def produce(index: int, share: list[JobSpec]) -> None:
             producer = clients[index]
             for spec in share:
-                producer.submit(spec)
+                producer.submit(spec, new_id=True)  # as Client.generate does
             for spec in share:
                 record = producer.wait(spec.job_id, args.timeout)
                 if record.status is not JobStatus.SUCCEEDED:
@@ -464,7 +464,7 @@ def zq_side(args: argparse.Namespace, workdir: Path, checkpoint: Path,
 
         def one(i: int) -> float:
             spec = job(args.jobs + i)
-            clients[0].submit(spec)
+            clients[0].submit(spec, new_id=True)
             record = clients[0].wait(spec.job_id, args.timeout)
             returned = time.time()
             if record.status is not JobStatus.SUCCEEDED or record.finished_at is None:
@@ -668,9 +668,9 @@ def shard_report(one: SideResult, sharded: SideResult) -> str:
                   f"{count * one_us / fleet_us:.2f}x for {count}x the Redis cores."
                   if fleet_us > 0 and one_us > 0 else "Fleet: n/a (no net CPU measured).")
     return (f"Per shard: each shard's counters over the jobs that landed on it (shard "
-            f"crc32(conversation id) mod {count}; a shard also answers the submit-time "
-            "`EXISTS` of jobs that land elsewhere, so its exists/job is about the shard count), "
-            f"next to the one-Redis zq side of the same run:\n\n{shard_table}\n\n"
+            f"crc32(conversation id) mod {count}; ids made by the producer, so no "
+            "submit-time `EXISTS`), next to the one-Redis zq side of the same run:\n\n"
+            f"{shard_table}\n\n"
             f"{fleet_line}\n\n"
             f"Cross-shard overhead: {sharded.calls(net=True) - one.calls(net=True):+.2f} calls "
             f"and {fleet_us - one_us:+.2f} us of Redis CPU per job "
