@@ -113,13 +113,16 @@ class Shards:
         """The shard a new conversation (or batch) with this key starts on."""
         return self.shards[shard_index(routing_key, len(self.shards))]
 
-    def for_new(self, spec: JobSpec) -> Shard:
+    def for_new(self, spec: JobSpec, new_id: bool = False) -> Shard:
         """Where ``spec`` lives: where it already is, else its parent's, else its key's.
 
-        Raises ``JobNotFound`` for a parent no shard knows.
+        ``new_id``: the id was made just now, so no shard is asked for it (a resubmitted
+        id is, one pipelined ``EXISTS`` per shard). Raises ``JobNotFound`` for a parent
+        no shard knows.
         """
         # A shard that cannot be reached does not stop jobs routed elsewhere.
-        found = self.locate_many([spec.job_id], tolerant=True).get(spec.job_id)
+        found = None if new_id else self.locate_many([spec.job_id], tolerant=True).get(
+            spec.job_id)
         if found is not None:
             return found
         if spec.parent_id is not None:

@@ -96,25 +96,27 @@ class Client:
 
     # -- submitting ----------------------------------------------------------
     def submit(self, spec: JobSpec, webhook: str | None = None, *,
-               shard: Shard | None = None) -> JobHandle:
+               shard: Shard | None = None, new_id: bool = False) -> JobHandle:
         """Record and enqueue a built spec. Submitting the same spec again is a no-op.
 
         A queued job whose message was never sent (the submitter crashed in between)
         is published on resubmission. ``webhook`` is called once when the job ends; it
         must resolve to public addresses unless ``settings.webhook_allow`` allows it.
-        ``shard`` overrides the routing (a batch's rows live on the batch's shard).
+        ``shard`` overrides the routing (a batch's rows live on the batch's shard);
+        ``new_id`` says the caller made ``spec.job_id`` just now (``new_job`` without one),
+        which spares asking every shard whether it holds that id already.
         """
-        return self._submit(spec, webhook, (), shard)
+        return self._submit(spec, webhook, (), shard, new_id)
 
     def _submit(self, spec: JobSpec, webhook: str | None, inputs: Iterable[StagedInput],
-                shard: Shard | None = None) -> JobHandle:
+                shard: Shard | None = None, new_id: bool = False) -> JobHandle:
         """``submit``, storing the spec's staged input images once all else is checked."""
         if not isinstance(spec, JobSpec):
             raise InvalidJob("spec", "a JobSpec (build one with new_job)", type(spec).__name__)
         if webhook is not None:
             WebhookPolicy(self.settings.webhook_allow).vet(webhook)
         try:
-            target = shard or self.shards.for_new(spec)
+            target = shard or self.shards.for_new(spec, new_id)
         except JobNotFound:  # the only id routing must find is the parent's
             raise UnknownParent(spec.parent_id) from None
         for staged in inputs:
@@ -139,21 +141,24 @@ class Client:
 
     def generate(self, prompt: str, webhook: str | None = None, **options: Any) -> JobHandle:
         """Text to image (turbo unless ``model`` says otherwise). Returns at once."""
-        return self.submit(new_job(JobKind.GENERATE, prompt=prompt, **options), webhook)
+        return self.submit(new_job(JobKind.GENERATE, prompt=prompt, **options), webhook,
+                           new_id=options.get("job_id") is None)
 
     def edit(self, prompt: str, parent: str | None = None, image: ImageInput | None = None,
              mask: ImageInput | None = None, webhook: str | None = None,
              **options: Any) -> JobHandle:
         """Change a parent job's image or a source image; ``mask`` white = may change."""
+        new_id = options.get("job_id") is None
         spec, inputs = self._child_spec(JobKind.EDIT, prompt, parent, image, mask, options)
-        return self._submit(spec, webhook, inputs)
+        return self._submit(spec, webhook, inputs, new_id=new_id)
 
     def refine(self, parent: str | None = None, prompt: str | None = None,
                image: ImageInput | None = None, webhook: str | None = None,
                **options: Any) -> JobHandle:
         """Redraw at high quality on the base model; the prompt defaults to the parent's."""
+        new_id = options.get("job_id") is None
         spec, inputs = self._child_spec(JobKind.REFINE, prompt, parent, image, None, options)
-        return self._submit(spec, webhook, inputs)
+        return self._submit(spec, webhook, inputs, new_id=new_id)
 
     def _child_spec(self, kind: JobKind, prompt: str | None, parent: str | None,
                     image: ImageInput | None, mask: ImageInput | None,

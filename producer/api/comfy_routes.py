@@ -108,7 +108,7 @@ def _queue_prompt(client: Client, body: dict[str, Any]) -> dict[str, Any]:
             raise _node_error(workflow, plans, {plan.sampler_node: [err.unsupported(
                 f"{exc.field} - {exc}", {"input_name": exc.field})]}) from None
     for spec in specs:
-        client.submit(spec)
+        client.submit(spec, new_id=True)  # ids drawn above, by new_job
     number = state.next_number()
     state.save(PromptRecord(
         prompt_id=prompt_id, number=number, workflow=workflow, extra_data=extra or {},

@@ -45,9 +45,10 @@ async def submit_job(request: Request) -> JSONResponse:
 
 def _submit(client: Client, body: dict[str, Any], key: str | None) -> tuple[dict[str, Any], bool]:
     spec, webhook = spec_from_body(client, body, key)
+    new_id = key is None and body.get("job_id") is None  # the id was drawn just now
     # Two replicas racing on one new key may both answer 201; the job is still one job.
-    existed = client.shards.known(spec.job_id)
-    client.submit(spec, webhook)
+    existed = not new_id and client.shards.known(spec.job_id)
+    client.submit(spec, webhook, new_id=new_id)
     return client.status(spec.job_id).to_public(), not existed
 
 

@@ -227,3 +227,12 @@ def test_a_batch_is_found_past_a_shard_that_is_down_unless_it_is_the_batchs_own(
     redis_of[1 - home].down, redis_of[home].down = False, True
     with pytest.raises(redis.ConnectionError):
         shards.for_batch("b1")
+
+
+def test_an_id_made_just_now_is_routed_without_asking_any_shard() -> None:
+    shards, redis_of = fake_shards(4)
+    spec = new_job(JobKind.GENERATE, prompt="p", conversation_id=conversation_on(3, 4))
+    assert shards.for_new(spec, new_id=True).index == 3
+    assert [r.pipelines for r in redis_of] == [0, 0, 0, 0]
+    assert shards.for_new(spec).index == 3  # a resubmission is looked for everywhere
+    assert [r.pipelines for r in redis_of] == [1, 1, 1, 1]
