@@ -71,8 +71,8 @@ class Shard:
 class Shards:
     """Every shard of the fleet, in routing order; the first is the home shard.
 
-    The home shard holds what belongs to no job (the API's ComfyUI queue numbers, the
-    campaign schedule's state). With one shard nothing is ever searched.
+    The home shard holds what belongs to no job (the ComfyUI routes' queue numbers,
+    upload names and prompt history). With one shard nothing is ever searched.
     """
 
     def __init__(self, shards: list[Shard]) -> None:
