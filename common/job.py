@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from common.adapters import Adapter, check_adapters, parse_adapters
 from common.errors import InvalidJob
 
 
@@ -124,6 +125,8 @@ class JobSpec:
     tags: dict[str, str] = field(default_factory=dict)
     output_format: OutputFormat = OutputFormat.PNG
     quality: int | None = None
+    # LoRA adapters (common.adapters): a brand's style, applied by the worker.
+    adapters: tuple[Adapter, ...] = ()
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -137,10 +140,12 @@ class JobSpec:
         """A plain JSON-serialisable dict; ``from_dict`` turns it back into this spec."""
         data = dataclasses.asdict(self)
         data["tags"] = dict(self.tags)
-        if data["quality"] is None:
-            # Added later: a spec that does not use it serialises as it always did, so a
-            # job resubmitted across an upgrade is still the same job.
-            del data["quality"]
+        data["adapters"] = [adapter.to_dict() for adapter in self.adapters]
+        # Added later: a spec that does not use them serialises as it always did, so a
+        # job resubmitted across an upgrade is still the same job.
+        for name in ("quality", "adapters"):
+            if not data[name]:
+                del data[name]
         return {k: (v.value if isinstance(v, StrEnum) else v) for k, v in data.items()}
 
     @classmethod
@@ -155,6 +160,7 @@ class JobSpec:
         fields["kind"] = kind
         fields["model"] = route(kind, str(fields.get("model", AUTO)))
         fields["output_format"] = _output_format(fields.get("output_format", "png"))
+        fields["adapters"] = parse_adapters(fields.get("adapters"))
         missing = [n for n in _REQUIRED if n not in fields]
         if missing:
             raise InvalidJob(missing[0], "is required")
@@ -191,6 +197,7 @@ def new_job(kind: str | JobKind, **given: Any) -> JobSpec:
     else:
         fields.setdefault("strength", defaults.strength)
     fields["output_format"] = _output_format(fields.get("output_format", "png"))
+    fields["adapters"] = parse_adapters(fields.get("adapters"))
     return JobSpec(kind=job_kind, model=model, **fields)
 
 
@@ -217,6 +224,7 @@ def _validate(job: JobSpec) -> None:
     _check_numbers(job)
     _check_tags(job.tags)
     _check_quality(job)
+    check_adapters(job.adapters)
     _check_text(job)
 
 

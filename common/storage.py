@@ -34,6 +34,9 @@ class ObjectStore(Protocol):
     def exists(self, key: str) -> bool:
         """Whether an object is stored under ``key``."""
 
+    def keys(self, prefix: str) -> list[str]:
+        """The keys stored under ``prefix`` (a folder ending in ``/``), sorted."""
+
     def url(self, key: str, expires_s: int) -> str:
         """A URL a client can fetch the object from (presigned for S3)."""
 
@@ -88,6 +91,14 @@ class LocalStore:
             if exc.errno == errno.ENAMETOOLONG:  # no file can have that name
                 return False
             raise StorageError(f"cannot check {key!r} in {self.describe()}: {exc}") from exc
+
+    def keys(self, prefix: str) -> list[str]:
+        """The files under ``prefix``, as keys, sorted (temporary files left out)."""
+        folder = self._path(prefix)
+        if not folder.is_dir():
+            return []
+        return sorted(path.relative_to(self.root).as_posix() for path in folder.rglob("*")
+                      if path.is_file() and not path.name.startswith(".part-"))
 
     def url(self, key: str, expires_s: int) -> str:
         """A ``file://`` URL; local files need no signature."""
@@ -151,6 +162,19 @@ class S3Store:
             if _is_missing(exc):
                 return False
             raise StorageError(f"cannot check {key!r} in {self.describe()}: {exc}") from exc
+
+    def keys(self, prefix: str) -> list[str]:
+        """LIST the objects under ``prefix`` (every page), as keys of this store, sorted."""
+        start = len(self._key(""))
+        found: list[str] = []
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self._key(prefix))
+            for page in pages:
+                found += [item["Key"][start:] for item in page.get("Contents", [])]
+        except Exception as exc:
+            raise StorageError(f"cannot list {prefix!r} in {self.describe()}: {exc}") from exc
+        return sorted(found)
 
     def url(self, key: str, expires_s: int) -> str:
         """A presigned GET URL valid for ``expires_s`` seconds."""

@@ -17,6 +17,7 @@ EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE = 0, 1, 2
 
 def add_commands(commands: Any) -> None:
     """Register the producer subcommands on an argparse subparsers object."""
+    from producer.adapters_cli import add_command as adapters_command
     from producer.batch_cli import add_command as batch_command
     from producer.campaign_cli import add_commands as campaign_commands
 
@@ -67,6 +68,7 @@ def add_commands(commands: Any) -> None:
     get.set_defaults(handler=_get)
     batch_command(commands)
     campaign_commands(commands)
+    adapters_command(commands)
 
 
 def _job_options(parser: argparse.ArgumentParser) -> None:
@@ -83,6 +85,8 @@ def _job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", dest="output_format", help="png, webp or jpeg")
     parser.add_argument("--quality", type=int, help="1-100 for jpeg and webp (default 90)")
     parser.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--adapter", dest="adapters", action="append", default=[],
+                        metavar="NAME[:WEIGHT]", help="a registered LoRA adapter (zq adapters)")
     parser.add_argument("--webhook", help="URL to POST the job's record to when it ends")
     _output_options(parser)
 
@@ -105,6 +109,8 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         tags[key] = value
     if tags:
         options["tags"] = tags
+    if args.adapters:
+        options["adapters"] = args.adapters
     return options
 
 

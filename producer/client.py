@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 
+from common.adapter_registry import AdapterRegistry
 from common.audit import audit_event
 from common.errors import ConfigError, InvalidJob, JobFailed, JobNotFound, UnknownParent
 from common.images import CONTENT_TYPES as IMAGE_CONTENT_TYPES
@@ -87,6 +88,7 @@ class Client:
         self.jobs = self.shards.home.jobs
         self.app = self.shards.home.app
         self.store = store or open_store(settings)
+        self.adapters = AdapterRegistry(self.store)
         self._waiting = threading.local()  # each thread's kept pub/sub connections
 
     @classmethod
@@ -115,6 +117,8 @@ class Client:
             raise InvalidJob("spec", "a JobSpec (build one with new_job)", type(spec).__name__)
         if webhook is not None:
             WebhookPolicy(self.settings.webhook_allow).vet(webhook)
+        # Each adapter named pinned to the file its name means now (or refused).
+        spec = self.adapters.pin(spec)
         try:
             target = shard or self.shards.for_new(spec, new_id)
         except JobNotFound:  # the only id routing must find is the parent's

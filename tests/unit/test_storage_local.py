@@ -231,3 +231,15 @@ def test_a_get_with_a_byte_limit_refuses_larger_objects_unread(
         assert (refused.value.size, refused.value.limit) == (1000, 999)
         with pytest.raises(ObjectNotFound):
             store.get("absent.png", max_bytes=10)
+
+
+def test_keys_lists_the_files_under_a_folder_sorted_without_partial_writes(
+        tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    for key in ("adapters/b.json", "adapters/a.json", "adapters/files/x.safetensors",
+                "uploads/u.png"):
+        store.put(key, b"x", "application/octet-stream")
+    (tmp_path / "adapters" / ".part-123").write_bytes(b"half")
+    assert store.keys("adapters/") == ["adapters/a.json", "adapters/b.json",
+                                       "adapters/files/x.safetensors"]
+    assert store.keys("nothing/") == []
