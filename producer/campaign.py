@@ -4,7 +4,9 @@ A campaign file is YAML or JSON (chosen by the extension ``.yaml``/``.yml``/``.j
 otherwise by content: a file starting with ``{`` is JSON). Example::
 
     name: spring-sale                 # 1-64 of letters, digits, '_', '.', '-'
-    schedule: "0 9 * * mon"           # 5-field cron in UTC, or "@daily" etc. (quote it)
+    schedule: "0 9 * * mon"           # 5-field cron, or "@daily" etc. (quote it)
+    timezone: Europe/Paris            # optional IANA zone the schedule runs in (UTC)
+    renders: fresh                    # optional: same (default) or fresh images each period
     webhook: https://hooks.example.com/zq       # optional: called when a run finishes
     prompt_template: "{product}, on {background}, {style} style"   # optional
     defaults:                         # optional job fields applied to every variant
@@ -27,6 +29,15 @@ otherwise by content: a file starting with ``{`` is JSON). Example::
 
 Fields
 ------
+``schedule`` is read in ``timezone`` (an IANA name, default ``UTC``), daylight saving
+included; see :mod:`producer.cron` for the syntax and for times skipped or repeated by a
+clock change. Period ids are always the tick in UTC (``2026-11-23T08:00Z`` for 09:00 in
+Paris in winter), so an id names one instant whatever the zone.
+
+``renders``: ``same`` (the default) renders every period with the same seeds, so each
+period repeats the same images; ``fresh`` folds the period into every variant's seed, so
+each period renders new ones (a period run again still gets the same images).
+
 ``defaults`` takes ``steps``, ``guidance``, ``strength``, ``priority``,
 ``output_format``, ``negative_prompt`` and ``model``, checked by the job rules.
 
@@ -53,7 +64,9 @@ axes sorted by name, then size and seed) is independent of the order of axes in 
 file. Its job id is a hash of (campaign name, period, variant key), so expanding the
 same period again yields the same job ids and enqueues nothing new; its conversation
 is ``campaign-<name>-<period>``, so a run's results share one storage folder. Without
-a ``seeds`` axis the seed is derived from the variant key.
+a ``seeds`` axis the seed is derived from the variant key. With ``renders: fresh`` every
+seed is derived from the variant key and the period (a ``seeds`` axis then still makes
+distinct variants, each with its own seed per period).
 """
 
 from __future__ import annotations
@@ -68,7 +81,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, cast, get_args
 
 import yaml
 
@@ -87,7 +100,7 @@ from common.job import (
     new_job,
 )
 from common.webhooks import validate_webhook_url
-from producer.cron import CronSchedule, parse_period_id
+from producer.cron import DEFAULT_TIMEZONE, CronSchedule, parse_period_id
 
 MAX_NAME_CHARS = 64
 """Campaign names, SKUs and axis value keys: at most this many id characters."""
@@ -100,9 +113,13 @@ DEFAULT_FIELDS = frozenset(
      "model"})
 IMAGE_ONLY_PRODUCT = "the product"
 """What ``{product}`` renders as for a product given only an image."""
+Renders = Literal["same", "fresh"]
+"""Whether each period renders the ``same`` images as the last or ``fresh`` ones."""
+DEFAULT_RENDERS: Renders = "same"
 
 _TOP_FIELDS = frozenset(
-    {"name", "schedule", "webhook", "defaults", "products", "axes", "prompt_template"})
+    {"name", "schedule", "timezone", "renders", "webhook", "defaults", "products", "axes",
+     "prompt_template"})
 _PRODUCT_FIELDS = frozenset({"sku", "prompt", "image"})
 _AXIS_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _RESERVED_LABELS = frozenset({"product", "sku", "size", "seed", "campaign", "period"})
@@ -147,7 +164,8 @@ class Axis:
 class Campaign:
     """A validated campaign; build it with :func:`load_campaign` or :func:`parse_campaign`.
 
-    ``schedule`` is the cron expression as written (validated); :attr:`cron` is it parsed.
+    ``schedule`` is the cron expression as written (validated), read in ``timezone``;
+    :attr:`cron` is it parsed.
     ``prompt_axes`` are sorted by label; ``sizes`` and ``seeds`` are empty when not given.
     """
 
@@ -161,11 +179,13 @@ class Campaign:
     defaults: dict[str, Any] = field(default_factory=dict, hash=False)
     webhook: str | None = None
     source: Path | None = None
+    timezone: str = DEFAULT_TIMEZONE
+    renders: Renders = DEFAULT_RENDERS
 
     @cached_property
     def cron(self) -> CronSchedule:
-        """The parsed schedule."""
-        return CronSchedule.parse(self.schedule)
+        """The parsed schedule, in the campaign's zone."""
+        return CronSchedule.parse(self.schedule, self.timezone)
 
     @property
     def variant_count(self) -> int:
@@ -217,7 +237,9 @@ def parse_campaign(data: object, base_dir: Path | None = None,
     _reject_unknown(doc, _TOP_FIELDS, "", "campaign")
     name = _identifier(_required(doc, "name"), "name")
     schedule = _required(doc, "schedule")
-    CronSchedule.parse(schedule)
+    timezone = doc.get("timezone", DEFAULT_TIMEZONE)
+    CronSchedule.parse(schedule, timezone)
+    renders = _renders(doc.get("renders", DEFAULT_RENDERS))
     webhook = doc.get("webhook")
     if webhook is not None:
         validate_webhook_url(webhook)
@@ -227,7 +249,8 @@ def parse_campaign(data: object, base_dir: Path | None = None,
     campaign = Campaign(
         name=name, schedule=schedule, products=products, prompt_template=template,
         prompt_axes=prompt_axes, sizes=sizes, seeds=seeds,
-        defaults=_defaults(doc.get("defaults"), products), webhook=webhook, source=source)
+        defaults=_defaults(doc.get("defaults"), products), webhook=webhook, source=source,
+        timezone=timezone, renders=renders)
     if campaign.variant_count > MAX_VARIANTS:
         raise InvalidJob("axes", f"at most {MAX_VARIANTS} variants per period "
                          "(products x the length of every axis)", campaign.variant_count)
@@ -250,6 +273,13 @@ def _decode(text: str, path: Path) -> object:
     except yaml.YAMLError as exc:
         problem = " ".join(str(exc).split())
         raise InvalidJob("campaign", f"must be valid YAML: {problem}", str(path)) from None
+
+
+def _renders(value: object) -> Renders:
+    if isinstance(value, str) and value in get_args(Renders):
+        return cast(Renders, value)
+    raise InvalidJob("renders", "same (every period renders the same images) or fresh "
+                     "(each period renders new ones)", value)
 
 
 def _products(value: object, base_dir: Path) -> tuple[Product, ...]:
@@ -472,11 +502,17 @@ def _variant(campaign: Campaign, period: str, conversation: str, product: Produc
         image=product.image,
         width=size[0] if size else None,
         height=size[1] if size else None,
-        seed=seed if seed is not None else derived_seed(key),
+        seed=_seed_of(campaign, period, key, seed),
         tags=tags,
         job_id=variant_job_id(campaign.name, period, key),
         conversation_id=conversation,
     )
+
+
+def _seed_of(campaign: Campaign, period: str, key: str, seed: int | None) -> int:
+    if campaign.renders == "fresh":
+        return derived_seed(key, period)
+    return seed if seed is not None else derived_seed(key)
 
 
 def _render(campaign: Campaign, product: Product, chosen: Mapping[str, AxisValue]) -> str:
@@ -497,9 +533,14 @@ def conversation_id(name: str, period: str) -> str:
     return f"campaign-{name}-{period.replace(':', '')}"
 
 
-def derived_seed(variant_key: str) -> int:
-    """The seed of a variant without a ``seeds`` axis: stable, below 2**31."""
-    digest = hashlib.sha256(f"seed\n{variant_key}".encode()).digest()
+def derived_seed(variant_key: str, period: str | None = None) -> int:
+    """A variant's seed when the file does not fix it: stable, below 2**31.
+
+    Without ``period`` (``renders: same``, no ``seeds`` axis) it is the same every period;
+    with it (``renders: fresh``) it differs from period to period.
+    """
+    text = f"seed\n{variant_key}" if period is None else f"seed\n{period}\n{variant_key}"
+    digest = hashlib.sha256(text.encode()).digest()
     return int.from_bytes(digest[:8], "big") % _SEED_RANGE
 
 

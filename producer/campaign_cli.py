@@ -32,7 +32,8 @@ def add_commands(commands: Any) -> None:
     actions = campaign.add_subparsers(dest="action", required=True)
     run = actions.add_parser("run", help="expand and enqueue a campaign period")
     run.add_argument("file", type=Path)
-    run.add_argument("--period", help="period id, e.g. 2026-11-23T09:00Z (default: current)")
+    run.add_argument("--period", help="period id: a schedule tick in UTC, e.g. "
+                     "2026-11-23T09:00Z (default: the current period)")
     run.add_argument("--wait", action="store_true", help="wait and write the summary")
     run.add_argument("--timeout", type=float, default=86400.0)
     run.set_defaults(handler=_run)
@@ -47,7 +48,10 @@ def add_commands(commands: Any) -> None:
 def _run(client: Client, args: argparse.Namespace) -> int:
     campaign = load_campaign(args.file)
     period = args.period or current_period(campaign)
-    parse_period_id(period)
+    if not campaign.cron.matches(parse_period_id(period)):
+        # Allowed (an extra run), but a local time typed as UTC is the likely mistake.
+        print(f"note: {period} is not a tick of {campaign.schedule!r} in {campaign.timezone} "
+              f"(the current period is {current_period(campaign)})", file=sys.stderr)
     submission = run_campaign(client, campaign, period)
     print(f"campaign {campaign.name} period {period}: {submission.jobs} variants "
           f"(batch {submission.batch_id})", file=sys.stderr)

@@ -22,20 +22,23 @@ from common.webhook_policy import WebhookPolicy
 from producer.batch import UNREACHABLE, Batches, Submission, finished
 from producer.campaign import Campaign, expand, job_fields
 from producer.client import Client
-from producer.cron import CronSchedule, parse_period_id, period_id
+from producer.cron import parse_period_id, period_id
 from producer.manifest import RowError
 
 
 def current_period(campaign: Campaign, now: datetime | None = None) -> str:
-    """The period the schedule is in now: its latest tick at or before ``now``."""
+    """The period the schedule is in now: its latest tick at or before ``now``.
+
+    The schedule is read in the campaign's zone; the period id is that tick in UTC.
+    """
     now = now or datetime.now(UTC)
-    return period_id(CronSchedule.parse(campaign.schedule).previous(now))
+    return period_id(campaign.cron.previous(now))
 
 
 def previous_period(campaign: Campaign, period: str) -> str:
     """The period before ``period``."""
     tick = parse_period_id(period) - timedelta(minutes=1)
-    return period_id(CronSchedule.parse(campaign.schedule).previous(tick))
+    return period_id(campaign.cron.previous(tick))
 
 
 def run_batch_id(campaign: Campaign, period: str) -> str:

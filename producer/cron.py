@@ -1,29 +1,38 @@
-"""Five-field cron schedules, in UTC: parse, match, and step to the previous or next tick.
+"""Five-field cron schedules in an IANA time zone: parse, match, and step between ticks.
 
-Fields, in order: minute (0-59), hour (0-23), day of month (1-31), month (1-12 or
-``jan``-``dec``), day of week (0-7 or ``sun``-``sat``; 0 and 7 are both Sunday).
-Each field is ``*``, a number or name, a range ``a-b``, a step ``*/n``, ``a-b/n`` or
-``a/n`` (``a`` to the field's end), or a comma-separated list of those. Names are
-case-insensitive. The aliases ``@hourly``, ``@daily`` (``@midnight``), ``@weekly``,
-``@monthly`` and ``@yearly`` (``@annually``) stand for their usual expansions.
+A thin wrapper around `cronsim <https://pypi.org/project/cronsim/>`_ (chosen over
+croniter: it ships type hints, has no dependencies, and defines its daylight-saving
+behaviour as Debian cron's, which is the behaviour documented below).
 
-Day matching follows Vixie cron: when both the day-of-month and the day-of-week field
-are restricted (neither starts with ``*``), a day matches if *either* matches; otherwise
-both must. So ``0 0 13 * fri`` fires on every 13th and on every Friday, while
-``0 0 */2 * mon`` fires on odd-numbered days that are Mondays.
+Fields, in order: minute (0-59), hour (0-23), day of month (1-31, ``L`` = the last day,
+``LW`` = the last weekday), month (1-12 or ``jan``-``dec``), day of week (0-7 or
+``sun``-``sat``, 0 and 7 both Sunday; ``mon#1`` = the first Monday of the month,
+``5L`` = the last Friday). Each field is ``*``, a value, a range ``a-b``, a step ``*/n``,
+``a-b/n`` or ``a/n``, or a comma-separated list of those; names are case-insensitive.
+``@hourly``, ``@daily`` (``@midnight``), ``@weekly``, ``@monthly`` and ``@yearly``
+(``@annually``) stand for their usual expansions. When both day fields are restricted
+(neither starts with ``*``) a day matching either is enough (Vixie cron).
 
-A schedule that can never fire (``0 0 30 2 *``) is refused when parsed. Searches skip
-whole months, days and hours that cannot match, so finding a tick years away (a
-29 February) costs a few hundred steps, not a scan of every minute.
+Times are evaluated in the schedule's zone; every tick is returned in UTC. Across a
+daylight-saving change:
+
+- a schedule with a fixed minute and hour (neither field starts with ``*``, e.g.
+  ``30 2 * * *``) runs once a day by the wall clock: a time skipped by a spring-forward
+  gap runs at the first valid minute after it (02:30 -> 03:00 in Europe/Paris), and a
+  time repeated by a fall-back runs once, at its first occurrence;
+- a schedule whose minute or hour field starts with ``*`` (``0 * * * *``, ``*/15 * * * *``)
+  follows real time: it runs at every local time that matches and exists, so it skips
+  nothing in the gap and runs in both passes of a repeated hour.
 """
 
 from __future__ import annotations
 
-import bisect
-import calendar
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from cronsim import CronSim, CronSimError
 
 from common.errors import InvalidJob
 
@@ -36,63 +45,57 @@ ALIASES: dict[str, str] = {
     "@yearly": "0 0 1 1 *",
     "@annually": "0 0 1 1 *",
 }
+DEFAULT_TIMEZONE = "UTC"
 PERIOD_FORMAT = "%Y-%m-%dT%H:%MZ"
-"""``strftime`` format of a period id, e.g. ``2026-11-23T09:00Z``."""
+"""``strftime`` format of a period id, e.g. ``2026-11-23T09:00Z`` (always UTC)."""
 
-# The Gregorian calendar repeats every 400 years, so a schedule that has not fired
-# within that span never will.
-_SEARCH_YEARS = 400
+FIELD_NAMES = ("minute", "hour", "day-of-month", "month", "day-of-week")
+_FIELD_RULES = {
+    "minute": "0-59",
+    "hour": "0-23",
+    "day-of-month": "1-31, L (last day) or LW (last weekday)",
+    "month": "1-12 or jan-dec",
+    "day-of-week": "0-7 or sun-sat (0 and 7 are Sunday), mon#1 (first Monday) "
+                   "or 5L (last Friday)",
+}
 _FIELDS_RULE = (
     "5 fields (minute hour day-of-month month day-of-week) or one of "
     + ", ".join(sorted(ALIASES))
 )
+_TIMEZONE_RULE = "an IANA time zone name such as UTC or Europe/Paris"
 _MINUTE = timedelta(minutes=1)
-_DAY = timedelta(days=1)
+_SECOND = timedelta(seconds=1)
 
 
-@dataclass(frozen=True)
-class _FieldSpec:
-    name: str
-    low: int
-    high: int
-    names: Mapping[str, int]
-
-
-_MONTH_NAMES = {name.lower(): i for i, name in enumerate(calendar.month_abbr) if name}
-_DAY_NAMES = {"sun": 0, "mon": 1, "tue": 2, "wed": 3, "thu": 4, "fri": 5, "sat": 6}
-_SPECS = (
-    _FieldSpec("minute", 0, 59, {}),
-    _FieldSpec("hour", 0, 23, {}),
-    _FieldSpec("day-of-month", 1, 31, {}),
-    _FieldSpec("month", 1, 12, _MONTH_NAMES),
-    _FieldSpec("day-of-week", 0, 7, _DAY_NAMES),
-)
-
-
-class _FieldError(ValueError):
-    """A problem in one field; ``CronSchedule.parse`` turns it into ``InvalidJob``."""
+def parse_timezone(name: object) -> tzinfo:
+    """The zone an IANA name (``Europe/Paris``) stands for; ``InvalidJob("timezone", ...)``."""
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidJob("timezone", _TIMEZONE_RULE, name)
+    if name == DEFAULT_TIMEZONE:
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidJob("timezone", f"{_TIMEZONE_RULE} (unknown zone)", name) from None
 
 
 @dataclass(frozen=True)
 class CronSchedule:
-    """A parsed cron expression; all times are UTC and whole minutes.
+    """A parsed cron expression evaluated in ``timezone``; ticks are whole UTC minutes.
 
-    Build one with :meth:`parse`. The value tuples are sorted; ``weekdays`` uses
-    0 = Sunday .. 6 = Saturday (a 7 in the expression is stored as 0).
+    Build one with :meth:`parse`. ``fields`` is the five-field form (aliases expanded).
     """
 
     expr: str
-    minutes: tuple[int, ...]
-    hours: tuple[int, ...]
-    days: tuple[int, ...]
-    months: tuple[int, ...]
-    weekdays: tuple[int, ...]
-    days_or_weekdays: bool
-    """True when both day fields are restricted, so a day matching either is enough."""
+    fields: str
+    timezone: str
+    zone: tzinfo
 
     @classmethod
-    def parse(cls, expr: str) -> CronSchedule:
-        """Parse ``expr``; raises ``InvalidJob("schedule", rule, expr)`` naming the problem."""
+    def parse(cls, expr: str, timezone: str = DEFAULT_TIMEZONE) -> CronSchedule:
+        """Parse ``expr`` for ``timezone``; raises ``InvalidJob`` naming ``schedule`` or
+        ``timezone`` and the rule broken."""
+        zone = parse_timezone(timezone)
         if not isinstance(expr, str):
             raise InvalidJob("schedule", "a cron expression (a string)", expr)
         text = expr.strip()
@@ -101,93 +104,58 @@ class CronSchedule:
                 raise InvalidJob("schedule", f"unknown alias {text}; use {_FIELDS_RULE}", expr)
             text = ALIASES[text.lower()]
         parts = text.split()
-        if len(parts) != len(_SPECS):
+        if len(parts) != len(FIELD_NAMES):
             raise InvalidJob("schedule", f"{_FIELDS_RULE}; got {len(parts)} fields", expr)
-        values: list[tuple[int, ...]] = []
-        for part, spec in zip(parts, _SPECS, strict=True):
-            try:
-                values.append(_parse_field(part, spec))
-            except _FieldError as exc:
-                raise InvalidJob("schedule", f"{spec.name} field {part!r}: {exc}", expr) from None
-        minutes, hours, days, months, weekdays = values
-        schedule = cls(expr, minutes, hours, days, months, weekdays,
-                       days_or_weekdays=not parts[2].startswith("*")
-                       and not parts[4].startswith("*"))
+        fields = " ".join(parts)
+        probe = datetime(2000, 1, 1, tzinfo=UTC)
         try:
-            schedule._forward(datetime(2000, 1, 1, tzinfo=UTC))
-        except LookupError:
-            raise InvalidJob("schedule", "day-of-month, month and day-of-week never coincide "
-                             "(e.g. 30 February), so it would never fire", expr) from None
-        return schedule
+            next(CronSim(fields, probe))
+        except CronSimError as exc:
+            raise InvalidJob("schedule", _field_problem(parts, str(exc)), expr) from None
+        except StopIteration:
+            raise InvalidJob("schedule", "day-of-month, month and day-of-week never coincide, "
+                             "so it would never fire", expr) from None
+        return cls(expr, fields, timezone, zone)
 
     def matches(self, dt: datetime) -> bool:
         """Whether the minute containing ``dt`` (timezone-aware) is a scheduled tick."""
-        t = _utc(dt)
-        return (t.minute in self.minutes and t.hour in self.hours
-                and t.month in self.months and self._day_matches(t))
+        minute = _utc_minute(dt)
+        return self.next(minute - _MINUTE) == minute
 
     def previous(self, at: datetime) -> datetime:
         """The latest tick at or before ``at`` (timezone-aware), as a UTC datetime."""
-        return self._backward(_utc(at).replace(second=0, microsecond=0))
+        end = _utc_minute(at)
+        ticks = CronSim(self.fields, (end + _SECOND).astimezone(self.zone), reverse=True)
+        tick = self._first(ticks, lambda t: t <= end)
+        # Backwards, cronsim walks the wall clock: in a repeated hour it can step past a
+        # tick that ran in the first pass. Forward steps find the latest one again.
+        while (following := self.next(tick)) <= end:
+            tick = following
+        return tick
 
     def next(self, after: datetime) -> datetime:
         """The earliest tick strictly after ``after`` (timezone-aware), as a UTC datetime."""
-        return self._forward(_utc(after).replace(second=0, microsecond=0) + _MINUTE)
+        start = _utc_minute(after)
+        # In the second pass of a repeated hour, the wall clock gives back ticks that
+        # already ran in the first pass: skip them.
+        return self._first(CronSim(self.fields, start.astimezone(self.zone)),
+                           lambda t: t > start)
 
-    def _day_matches(self, t: datetime) -> bool:
-        in_month = t.day in self.days
-        in_week = t.isoweekday() % 7 in self.weekdays
-        if self.days_or_weekdays:
-            return in_month or in_week
-        return in_month and in_week
-
-    def _forward(self, t: datetime) -> datetime:
-        """The earliest tick at or after ``t`` (a whole UTC minute)."""
-        last_year = t.year + _SEARCH_YEARS
-        while t.year <= last_year:
-            day = t.replace(hour=0, minute=0)
-            if t.month not in self.months:
-                month = _after(self.months, t.month)
-                t = (datetime(t.year, month, 1, tzinfo=UTC) if month is not None
-                     else datetime(t.year + 1, self.months[0], 1, tzinfo=UTC))
-            elif not self._day_matches(t):
-                t = day + _DAY
-            elif t.hour not in self.hours:
-                hour = _after(self.hours, t.hour)
-                t = t.replace(hour=hour, minute=0) if hour is not None else day + _DAY
-            elif t.minute not in self.minutes:
-                minute = _after(self.minutes, t.minute)
-                t = (t.replace(minute=minute) if minute is not None
-                     else t.replace(minute=0) + timedelta(hours=1))
-            else:
-                return t
-        raise LookupError(f"schedule {self.expr!r} has no tick within {_SEARCH_YEARS} years")
-
-    def _backward(self, t: datetime) -> datetime:
-        """The latest tick at or before ``t`` (a whole UTC minute)."""
-        first_year = t.year - _SEARCH_YEARS
-        while t.year >= first_year:
-            day = t.replace(hour=0, minute=0)
-            if t.month not in self.months:
-                month = _before(self.months, t.month)
-                t = (_month_end(t.year, month) if month is not None
-                     else _month_end(t.year - 1, self.months[-1]))
-            elif not self._day_matches(t):
-                t = day - _MINUTE
-            elif t.hour not in self.hours:
-                hour = _before(self.hours, t.hour)
-                t = t.replace(hour=hour, minute=59) if hour is not None else day - _MINUTE
-            elif t.minute not in self.minutes:
-                minute = _before(self.minutes, t.minute)
-                t = (t.replace(minute=minute) if minute is not None
-                     else t.replace(minute=0) - _MINUTE)
-            else:
-                return t
-        raise LookupError(f"schedule {self.expr!r} has no tick within {_SEARCH_YEARS} years")
+    def _first(self, ticks: CronSim, wanted: Callable[[datetime], bool]) -> datetime:
+        """The first of ``ticks``, in UTC, that is ``wanted``."""
+        try:
+            while not wanted(tick := next(ticks).astimezone(UTC)):
+                pass
+        except StopIteration:
+            raise LookupError(f"schedule {self.expr!r} has no tick within 50 years") from None
+        return tick
 
 
 def period_id(dt: datetime) -> str:
-    """The id of the period starting at ``dt`` (timezone-aware), e.g. ``2026-11-23T09:00Z``."""
+    """The id of the period starting at ``dt`` (timezone-aware), e.g. ``2026-11-23T09:00Z``.
+
+    Always UTC, whatever the campaign's zone, so an id names one instant.
+    """
     return _utc(dt).strftime(PERIOD_FORMAT)
 
 
@@ -205,69 +173,32 @@ def parse_period_id(period: str) -> datetime:
     return dt
 
 
+def _field_problem(parts: list[str], message: str) -> str:
+    """Turn cronsim's ``Bad <field>`` into a rule naming the field and its values."""
+    name = message.removeprefix("Bad ")
+    if name not in FIELD_NAMES:
+        return f"{_FIELDS_RULE} ({message})"
+    part = parts[FIELD_NAMES.index(name)]
+    if name == "day-of-month" and _parses([*parts[:3], "*", parts[4]]):
+        return (f"day-of-month field {part!r} never falls in month field {parts[3]!r} "
+                "(e.g. 30 February), so it would never fire")
+    return (f"{name} field {part!r}: use {_FIELD_RULES[name]}, as a value, a range a-b, "
+            "a step */n or a-b/n, or a comma-separated list")
+
+
+def _parses(parts: list[str]) -> bool:
+    try:
+        CronSim(" ".join(parts), datetime(2000, 1, 1, tzinfo=UTC))
+    except CronSimError:
+        return False
+    return True
+
+
 def _utc(dt: datetime) -> datetime:
     if dt.tzinfo is None or dt.utcoffset() is None:
         raise ValueError(f"cron times must be timezone-aware (use UTC); got naive {dt}")
     return dt.astimezone(UTC)
 
 
-def _month_end(year: int, month: int) -> datetime:
-    return datetime(year, month, calendar.monthrange(year, month)[1], 23, 59, tzinfo=UTC)
-
-
-def _after(values: tuple[int, ...], current: int) -> int | None:
-    """The smallest value greater than ``current``, if any."""
-    i = bisect.bisect_right(values, current)
-    return values[i] if i < len(values) else None
-
-
-def _before(values: tuple[int, ...], current: int) -> int | None:
-    """The largest value less than ``current``, if any."""
-    i = bisect.bisect_left(values, current)
-    return values[i - 1] if i > 0 else None
-
-
-def _parse_field(text: str, spec: _FieldSpec) -> tuple[int, ...]:
-    values: set[int] = set()
-    for item in text.split(","):
-        if not item:
-            raise _FieldError("empty list item")
-        values |= _parse_item(item, spec)
-    if spec.name == "day-of-week" and 7 in values:
-        values = (values - {7}) | {0}
-    return tuple(sorted(values))
-
-
-def _parse_item(item: str, spec: _FieldSpec) -> set[int]:
-    span, slash, step_text = item.partition("/")
-    step = 1
-    if slash:
-        if not (step_text.isascii() and step_text.isdigit()):
-            raise _FieldError(f"step {step_text!r} is not a number")
-        step = int(step_text)
-        if not 1 <= step <= spec.high - spec.low + 1:
-            raise _FieldError(f"step {step} must be 1-{spec.high - spec.low + 1}")
-    if span == "*":
-        low, high = spec.low, spec.high
-    elif "-" in span:
-        first, _, last = span.partition("-")
-        low, high = _value(first, spec), _value(last, spec)
-        if low > high:
-            raise _FieldError(f"range {span} runs backwards (start after end)")
-    else:
-        low = _value(span, spec)
-        high = spec.high if slash else low
-    return set(range(low, high + 1, step))
-
-
-def _value(text: str, spec: _FieldSpec) -> int:
-    if text.isascii() and text.isdigit():
-        value = int(text)
-    elif text.lower() in spec.names:
-        return spec.names[text.lower()]
-    else:
-        hint = f" or a name ({', '.join(spec.names)})" if spec.names else ""
-        raise _FieldError(f"{text!r} is not a number{hint}")
-    if not spec.low <= value <= spec.high:
-        raise _FieldError(f"{value} is outside {spec.low}-{spec.high}")
-    return value
+def _utc_minute(dt: datetime) -> datetime:
+    return _utc(dt).replace(second=0, microsecond=0)

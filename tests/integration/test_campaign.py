@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -98,6 +99,46 @@ def test_beat_runs_the_current_period_and_summarises_it(cluster: Cluster, client
     summary = json.loads(client.store.get(summary_key(campaign, period)))
     assert summary["counts"] == {"succeeded": 12}
     assert summary["period"] == period
+
+
+def test_a_zoned_campaign_renders_the_same_or_fresh_images_each_period(
+        cluster: Cluster, client: Client, tmp_path: Path) -> None:
+    cluster.start(ModelType.TURBO)
+    # Mondays 09:00 in Paris: 08:00Z in November.
+    periods = ("2026-11-23T08:00Z", "2026-11-30T08:00Z")
+    rendered: dict[tuple[str, str], tuple[int, bytes]] = {}
+    for renders in ("same", "fresh"):
+        path = tmp_path / f"{renders}.yaml"
+        path.write_text(f"""
+name: {renders}-sale
+schedule: "0 9 * * mon"
+timezone: Europe/Paris
+renders: {renders}
+defaults: {{steps: 2}}
+products:
+  - {{sku: A1, prompt: a glass perfume bottle}}
+axes:
+  sizes: ["32x32"]
+""")
+        campaign = load_campaign(path)
+        for period in periods:
+            ran = zq(cluster, "campaign", "run", str(path), "--period", period, "--wait")
+            assert ran.returncode == 0, ran.stderr
+            assert "1 variants" in ran.stderr and "note:" not in ran.stderr
+            summary = json.loads(client.store.get(summary_key(campaign, period)))
+            [variant] = summary["variants"]
+            record = client.status(variant["job_id"])
+            with Image.open(io.BytesIO(client.store.get(str(record.image)))) as image:
+                rendered[renders, period] = (record.spec.seed, image.tobytes())
+    first, second = periods
+    assert rendered["same", first] == rendered["same", second]
+    assert rendered["fresh", first][0] != rendered["fresh", second][0]
+    assert rendered["fresh", first][1] != rendered["fresh", second][1]
+    # 09:00 typed as if it were UTC: run (an extra period), with a note saying so.
+    ran = zq(cluster, "campaign", "run", str(tmp_path / "fresh.yaml"), "--period",
+             "2026-11-23T09:00Z")
+    assert ran.returncode == 0, ran.stderr
+    assert "note: 2026-11-23T09:00Z is not a tick" in ran.stderr
 
 
 def test_a_bad_product_image_is_a_row_error_and_the_run_still_seals(

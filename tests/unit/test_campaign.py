@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,13 @@ from common.job import ID_PATTERN, MAX_PROMPT_CHARS, JobKind, new_job
 from producer.campaign import (
     MAX_VARIANTS,
     Campaign,
+    Variant,
     expand,
     job_fields,
     load_campaign,
     parse_campaign,
 )
+from producer.campaign_run import current_period, previous_period
 
 PERIOD = "2026-11-23T09:00Z"
 NEXT_PERIOD = "2026-11-30T09:00Z"
@@ -76,7 +79,8 @@ def test_yaml_file(folder: Path) -> None:
     campaign = load(folder, SPEC)
     assert campaign.name == "spring-sale"
     assert campaign.schedule == "0 9 * * mon"
-    assert campaign.cron.weekdays == (1,)
+    assert campaign.cron.fields == "0 9 * * mon"
+    assert (campaign.timezone, campaign.renders) == ("UTC", "same")
     assert campaign.webhook == "https://hooks.example.com/zq"
     assert campaign.sizes == ((1024, 1024), (768, 1344))
     assert campaign.seeds == ()
@@ -182,6 +186,14 @@ def _mutate(path: str, value: Any) -> dict[str, Any]:
     ("name", "x" * 65, "name", "1-64 characters"),
     ("schedule", "61 * * * *", "schedule", "minute field"),
     ("schedule", None, "schedule", "is required"),
+    ("schedule", "0 9 * * mon#6", "schedule", "day-of-week field"),
+    ("schedule", "0 0 9 * * mon", "schedule", "got 6 fields"),
+    ("timezone", "Europe/Parisss", "timezone", "IANA time zone name"),
+    ("timezone", "CET+1", "timezone", "IANA time zone name"),
+    ("timezone", 1, "timezone", "IANA time zone name"),
+    ("timezone", None, "timezone", "IANA time zone name"),
+    ("renders", "new", "renders", "same (every period renders the same images) or fresh"),
+    ("renders", True, "renders", "or fresh"),
     ("webhook", "ftp://example.com", "webhook", "http(s) URL"),
     ("colour", "red", "colour", "not a known campaign field"),
     ("products", [], "products", "non-empty list"),
@@ -387,3 +399,71 @@ def test_expand_refuses_a_bad_period(folder: Path) -> None:
     with pytest.raises(InvalidJob) as caught:
         expand(load(folder, SPEC), "2026-11-23 09:00")
     assert caught.value.field == "period"
+
+
+# --- time zones and renders ----------------------------------------------------------------
+
+
+def test_timezone_moves_the_ticks_and_period_ids_stay_utc(folder: Path) -> None:
+    campaign = load(folder, spec(timezone="Europe/Paris"))
+    assert campaign.timezone == "Europe/Paris"
+    # Monday 09:00 in Paris: 08:00Z in winter, 07:00Z in summer.
+    assert current_period(campaign, datetime(2026, 11, 23, 8, 30, tzinfo=UTC)) == (
+        "2026-11-23T08:00Z")
+    assert current_period(campaign, datetime(2026, 11, 23, 7, 59, tzinfo=UTC)) == (
+        "2026-11-16T08:00Z")
+    assert current_period(campaign, datetime(2026, 7, 6, 7, 0, tzinfo=UTC)) == (
+        "2026-07-06T07:00Z")
+    # Across the change to summer time (29 March 2026) the gap is a week less an hour.
+    assert previous_period(campaign, "2026-03-30T07:00Z") == "2026-03-23T08:00Z"
+    utc_campaign = load(folder, SPEC)
+    assert current_period(utc_campaign, datetime(2026, 11, 23, 9, tzinfo=UTC)) == PERIOD
+    assert [v.job_id for v in expand(campaign, PERIOD)] == [
+        v.job_id for v in expand(utc_campaign, PERIOD)]
+
+
+def test_timezone_in_a_handwritten_file(folder: Path) -> None:
+    path = folder / "c.yaml"
+    path.write_text('name: c\nschedule: "0 9 L * *"\ntimezone: America/New_York\n'
+                    "renders: fresh\nproducts: [{sku: A1, prompt: a bottle}]\n")
+    campaign = load_campaign(path)
+    assert (campaign.timezone, campaign.renders) == ("America/New_York", "fresh")
+    assert campaign.cron.next(datetime(2026, 1, 1, tzinfo=UTC)) == datetime(
+        2026, 1, 31, 14, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("seeds", [None, [1, 2]])
+def test_same_renders_repeat_seeds_and_fresh_renders_change_them(folder: Path,
+                                                                 seeds: list[int] | None) -> None:
+    data = spec()
+    if seeds is not None:
+        data["axes"]["seeds"] = seeds
+    same = load(folder, data)
+    fresh = load(folder, {**data, "renders": "fresh"})
+    runs: dict[tuple[str, str], list[Variant]] = {
+        (c.renders, p): expand(c, p) for c in (same, fresh) for p in (PERIOD, NEXT_PERIOD)}
+    keys = [v.variant_key for v in runs["same", PERIOD]]
+    assert all([v.variant_key for v in run] == keys for run in runs.values())
+
+    def seeds_of(renders: str, period: str) -> list[int]:
+        return [v.seed for v in runs[renders, period]]
+
+    def ids_of(renders: str, period: str) -> list[str]:
+        return [v.job_id for v in runs[renders, period]]
+
+    assert seeds_of("same", PERIOD) == seeds_of("same", NEXT_PERIOD)
+    if seeds is not None:
+        assert set(seeds_of("same", PERIOD)) == set(seeds)
+    fresh_now, fresh_next = seeds_of("fresh", PERIOD), seeds_of("fresh", NEXT_PERIOD)
+    assert all(a != b for a, b in zip(fresh_now, fresh_next, strict=True))
+    assert len(set(fresh_now)) == len(fresh_now)  # a seeds axis still gives distinct seeds
+    assert all(0 <= s < 2**31 for s in fresh_now + fresh_next)
+    assert not set(fresh_now) & set(seeds_of("same", PERIOD))
+    # Job ids name (campaign, period, variant): new every period, and the same period
+    # always asks for the same jobs, fresh or not.
+    for renders in ("same", "fresh"):
+        assert not set(ids_of(renders, PERIOD)) & set(ids_of(renders, NEXT_PERIOD))
+    assert ids_of("fresh", PERIOD) == ids_of("same", PERIOD)
+    assert expand(load(folder, {**data, "renders": "fresh"}), PERIOD) == runs["fresh", PERIOD]
+    for variant in runs["fresh", NEXT_PERIOD]:
+        new_job(variant.kind, **job_fields(fresh, variant, "uploads/x.png"))
