@@ -137,6 +137,39 @@ class WorkerError(JobFailed):
     code = "worker_error"
 
 
+class UnsafeContent(JobFailed):
+    """A safety gate blocked the job: its prompt or its image scored as unsafe.
+
+    Nothing of the job was stored. Not retried: the same job scores the same again.
+    ``stage`` is ``prompt`` or ``image``; ``detail`` (which blocklist entry matched, say)
+    is for the operator's audit trail, not for the message a submitter reads.
+    """
+
+    code = "unsafe"
+
+    def __init__(self, stage: str, label: str, score: float, threshold: float,
+                 detail: str = "") -> None:
+        self.stage, self.label, self.score, self.threshold = stage, label, score, threshold
+        self.detail = detail
+        super().__init__(f"blocked by the {stage} safety gate: {label!r} scored {score:.3f}, "
+                         f"at or above the threshold {threshold:.3f}")
+
+
+class SafetyCheckFailed(JobFailed):
+    """The safety gate itself failed on this job; the job fails closed (nothing stored)."""
+
+    code = "safety_error"
+
+
+class AdapterFailed(JobFailed):
+    """A LoRA adapter the job names cannot be fetched or does not fit the model.
+
+    Not retried: the file the job was pinned to stays what it is.
+    """
+
+    code = "adapter_failed"
+
+
 class WorkerBroken(ZqError):
     """The worker's own state is wrong (its loaded weights changed dtype or size).
 

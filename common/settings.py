@@ -93,6 +93,30 @@ class Settings:
     # Celery's task events (what Flower shows): two publishes per job. A fleet too large
     # for one Flower to follow can turn them off and save Redis the round trips.
     task_events: bool = True
+    # LoRA adapters a worker keeps loaded (least recently used out past this many MiB),
+    # and where it keeps their files ("": a folder in the system's temp directory).
+    adapter_cache_mb: int = 2048
+    adapter_dir: str = ""
+    # The safety gate (README, "Safety gate"): off unless a model, a blocklist or a plug-in
+    # gate is set. An image classifier (hub id[@rev] or directory) and the labels of it that
+    # count as unsafe at or above the threshold.
+    safety_model: str = ""
+    safety_threshold: float = 0.5
+    safety_labels: tuple[str, ...] = ("nsfw",)
+    # The prompt gate: a text classifier and/or blocked words, phrases and ``re:`` patterns.
+    safety_prompt_model: str = ""
+    safety_prompt_threshold: float = 0.5
+    safety_prompt_labels: tuple[str, ...] = ("nsfw",)
+    safety_prompt_blocklist: tuple[str, ...] = ()
+    safety_prompt_blocklist_file: str = ""
+    # A gate of the operator's own: an entry point name in the zimage_queue.safety_gates group.
+    safety_gate: str = ""
+
+    @property
+    def safety_enabled(self) -> bool:
+        """Whether workers run a safety gate at all."""
+        return bool(self.safety_model or self.safety_prompt_model or self.safety_prompt_blocklist
+                    or self.safety_prompt_blocklist_file or self.safety_gate)
 
     @property
     def shard_urls(self) -> tuple[str, ...]:
@@ -161,6 +185,19 @@ class Settings:
             api_rate_per_s=_int(env, "ZQ_API_RATE_PER_S", base.api_rate_per_s, 1),
             api_rate_burst=_int(env, "ZQ_API_RATE_BURST", base.api_rate_burst, 1),
             task_events=_flag(env, "ZQ_TASK_EVENTS", base.task_events),
+            adapter_cache_mb=_int(env, "ZQ_ADAPTER_CACHE_MB", base.adapter_cache_mb, 0),
+            adapter_dir=env.get("ZQ_ADAPTER_DIR", base.adapter_dir).strip(),
+            safety_model=env.get("ZQ_SAFETY_MODEL", "").strip(),
+            safety_threshold=_fraction(env, "ZQ_SAFETY_THRESHOLD", base.safety_threshold),
+            safety_labels=_words(env, "ZQ_SAFETY_LABELS", base.safety_labels),
+            safety_prompt_model=env.get("ZQ_SAFETY_PROMPT_MODEL", "").strip(),
+            safety_prompt_threshold=_fraction(env, "ZQ_SAFETY_PROMPT_THRESHOLD",
+                                              base.safety_prompt_threshold),
+            safety_prompt_labels=_words(env, "ZQ_SAFETY_PROMPT_LABELS",
+                                        base.safety_prompt_labels),
+            safety_prompt_blocklist=_blocklist(env.get("ZQ_SAFETY_PROMPT_BLOCKLIST", "")),
+            safety_prompt_blocklist_file=env.get("ZQ_SAFETY_PROMPT_BLOCKLIST_FILE", "").strip(),
+            safety_gate=env.get("ZQ_SAFETY_GATE", "").strip(),
         )
 
 
@@ -241,6 +278,38 @@ def _words(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple
     raw = env.get(name, "")
     words = tuple(word.strip() for word in raw.split(",") if word.strip())
     return words or default
+
+
+def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
+    """A number from 0 to 1 (a classifier score threshold)."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number from 0 to 1, got {raw!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name} must be from 0 to 1, got {value}")
+    return value
+
+
+def _blocklist(raw: str, name: str = "ZQ_SAFETY_PROMPT_BLOCKLIST") -> tuple[str, ...]:
+    """Comma-separated blocklist entries; each ``re:`` pattern must compile."""
+    entries = tuple(entry.strip() for entry in raw.split(",") if entry.strip())
+    for entry in entries:
+        check_blocklist_entry(entry, name)
+    return entries
+
+
+def check_blocklist_entry(entry: str, name: str) -> None:
+    """``ConfigError`` naming ``name`` when a ``re:`` entry is not a valid regex."""
+    if entry.startswith("re:"):
+        try:
+            re.compile(entry[3:])
+        except re.error as exc:
+            raise ConfigError(f"{name}: {entry!r} is not a valid regular expression: "
+                              f"{exc}") from None
 
 
 _COLOURS = {"white": (255, 255, 255), "black": (0, 0, 0)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from common.audit import audit_event
+from common.errors import UnsafeContent
 from common.job import JobSpec
 from common.status import JobRecord
 from worker.hooks import JobOutcome
@@ -40,6 +41,10 @@ class AuditHooks:
         spec = outcome.record.spec
         self._reached.pop(spec.job_id, None)
         error = outcome.error
+        if isinstance(error, UnsafeContent):
+            audit_event("blocked", spec, worker=self.worker_id, stage=error.stage,
+                        label=error.label, score=round(error.score, 6),
+                        threshold=error.threshold, detail=error.detail or None)
         audit_event(outcome.status.value, spec, worker=self.worker_id, revision=self.revision,
                     image=outcome.image, error=error.reason if error else None,
                     error_code=error.code if error else None,

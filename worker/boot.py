@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import re
+import tempfile
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from celery import Celery
@@ -19,6 +22,7 @@ from common.storage import open_store
 from common.webhooks import redact_url
 from worker.acceleration import ModelOptions
 from worker.acceleration import describe as describe_options
+from worker.adapters import AdapterSet
 from worker.audit import AuditHooks
 from worker.execute import CurrentJob, JobRunner
 from worker.health import health_path
@@ -30,6 +34,7 @@ from worker.models import load_model
 from worker.ports import bind_first_free
 from worker.render import Renderer
 from worker.results import RenderInputs
+from worker.safety import load_guard
 
 if TYPE_CHECKING:
     from worker.celery_app import WorkerRuntime
@@ -47,6 +52,15 @@ class ModelRenderer(Renderer):
     def describe(self) -> dict[str, object]:
         """The model section of a manifest."""
         return {**self.model.describe(), "versions": self.model.versions}
+
+
+def adapter_dir(settings: Settings, worker_id: str) -> Path:
+    """Where this worker keeps adapter files: ``ZQ_ADAPTER_DIR``, else its own temp folder
+    (several workers on one host must not share half-written files)."""
+    if settings.adapter_dir:
+        return Path(settings.adapter_dir)
+    return Path(tempfile.gettempdir()) / ("zq-adapters-" + re.sub(r"[^A-Za-z0-9_.-]", "_",
+                                                                  worker_id))
 
 
 def warm_up(renderer: Renderer, sizes_px: tuple[tuple[int, int], ...] = ((64, 64),)) -> float:
@@ -102,7 +116,11 @@ def start_runtime(settings: Settings, model: ModelType, worker_id: str,
     options = ModelOptions.from_settings(settings)
     loaded = load_model(model, source, options)
     registry.count("model_loads")
-    renderer = ModelRenderer(loaded, settings.prompt_cache_size, settings.latent_cache_size)
+    store = open_store(settings)
+    adapters = AdapterSet(loaded.pipeline, store, adapter_dir(settings, worker_id),
+                          settings.adapter_cache_mb * 1024 * 1024)
+    renderer = ModelRenderer(loaded, settings.prompt_cache_size, settings.latent_cache_size,
+                             adapters)
     try:
         warm_s = warm_up(renderer, settings.warmup_sizes_px)
     except WorkerBroken:
@@ -116,9 +134,12 @@ def start_runtime(settings: Settings, model: ModelType, worker_id: str,
                     revision=loaded.source.revision, device=str(loaded.device))
     log.info("model %s loaded in %.2fs, warm-up %.2fs", loaded.source.revision,
              loaded.load_seconds, warm_s)
+    # Loaded once, on the worker's device, and tried once: a bad gate stops the boot (78).
+    safety = load_guard(settings, str(loaded.device))
+    log.info("safety gate: %s", safety.name if safety else "off")
     hooks = HookSet([metrics, AuditHooks(worker_id, source, loaded.source.revision), registry])
-    runner = JobRunner(settings, worker_id, jobs, open_store(settings), app, renderer, hooks,
-                       current, model)
+    runner = JobRunner(settings, worker_id, jobs, store, app, renderer, hooks,
+                       current, model, safety)
     caches = {"prompt_embeds": renderer.prompt_cache, "latent_template": renderer.latent_cache}
     metrics.watch(current, caches, gpu_memory_of(loaded.device))  # type: ignore[arg-type]
     return WorkerRuntime(model, runner, registry, liveness, metrics, intake)

@@ -35,6 +35,9 @@ def add_commands(commands: Any) -> None:
                            "and reduced depth (~1.7 GB), served as turbo, edit and base")
     tiny.add_argument("--layers", type=_positive_int, default=None,
                       help="with --real-shape: transformer blocks to keep (default 1)")
+    tiny.add_argument("--safety", action="store_true",
+                      help="also a tiny safety classifier (DIRECTORY/safety) for ZQ_SAFETY_MODEL: "
+                           "'nsfw' scores 0.5 on every image")
     tiny.set_defaults(handler=make_tiny)
 
 
@@ -116,7 +119,8 @@ def probe_health(args: argparse.Namespace) -> int:
 
 
 def make_tiny(args: argparse.Namespace) -> int:
-    """Write the three tiny checkpoints (or one real-shape one) and print where they are."""
+    """Write the three tiny checkpoints (or one real-shape one), with ``--safety`` a tiny
+    safety classifier too, and print where they are."""
     if args.real_shape:
         from worker.real_shape import make_real_shape_checkpoint, real_shape_configs
 
@@ -137,6 +141,10 @@ def make_tiny(args: argparse.Namespace) -> int:
         from worker.tiny_models import make_tiny_models
 
         paths = make_tiny_models(args.directory)
+    if args.safety:
+        from worker.tiny_safety import make_tiny_safety_classifier
+
+        paths["safety"] = make_tiny_safety_classifier(args.directory / "safety")
     for model, path in paths.items():
         print(f"{model}\t{path}")
     return 0

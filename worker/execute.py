@@ -49,6 +49,7 @@ from worker.finisher import Finisher
 from worker.hooks import HookSet, JobOutcome
 from worker.manifest import build_manifest
 from worker.results import RenderInputs, RenderResult
+from worker.safety import SafetyGuard
 from worker.watchdog import ProgressWatch, hang_at_step, hang_forever
 
 # At most this often a running job's step reaches Redis (and a cancel is noticed).
@@ -139,7 +140,8 @@ class JobRunner:
 
     def __init__(self, settings: Settings, worker_id: str, jobs: JobStore, store: ObjectStore,
                  app: Sender, renderer: JobRenderer, hooks: HookSet | None = None,
-                 current: CurrentJob | None = None, model: ModelType | None = None) -> None:
+                 current: CurrentJob | None = None, model: ModelType | None = None,
+                 safety: SafetyGuard | None = None) -> None:
         self.settings = settings
         # The model this worker holds: a job of another type is sent on, not run (None:
         # any, for tests that run several types through one runner).
@@ -151,6 +153,8 @@ class JobRunner:
         self.renderer = renderer
         self.hooks = hooks or HookSet()
         self.current = current or CurrentJob()
+        # The safety gate (None: off): prompts before rendering, images before storing.
+        self.safety = safety
         # Depth 0: no hand-off, the job thread stores each result itself (for comparison).
         self.finisher: Finisher[Rendered] | None = None
         if settings.handoff_depth:
@@ -206,6 +210,8 @@ class JobRunner:
         spec = record.spec
         timings: dict[str, float] = {}
         try:
+            if self.safety is not None:  # before any GPU time is spent on the job
+                self.safety.check_prompt(spec, timings)
             started = time.perf_counter()
             inputs, input_keys = self._inputs(spec)
             timings["load_inputs"] = time.perf_counter() - started
@@ -261,6 +267,9 @@ class JobRunner:
         last_step.daemon = True
         last_step.start()
         try:
+            if self.safety is not None:
+                # Once, before the first write: a blocked job leaves nothing in storage.
+                self.safety.check_image(rendered.result.image, spec, rendered.timings)
             for delay in (*STORE_RETRY_DELAYS_S, None):
                 try:
                     image = self._store(rendered)

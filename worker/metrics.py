@@ -14,19 +14,22 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from common.deadletters import REASONS
+from common.errors import UnsafeContent
 from common.job import JobKind, JobSpec, ModelType
 from common.status import TERMINAL, JobRecord
 from worker.execute import CurrentJob
 from worker.hooks import JobOutcome
 from worker.lru import LRUCache
+from worker.safety import STAGES
 
 # From a 16 px tiny-model step (~5 ms) to a 2048 px base-model job (many minutes).
 PHASE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                    120.0, 300.0, 600.0, 1800.0, 3600.0)
 # handoff_wait: how long a rendered job waited for the finisher thread; if it grows, storage
 # (not the GPU) is the bottleneck.
-PHASES = ("queue_wait", "load_inputs", "text_encode", "denoise", "vae_decode", "handoff_wait",
-          "image_encode", "upload")
+# safety_prompt / safety_image: the safety gate's checks (only when a gate is on).
+PHASES = ("queue_wait", "safety_prompt", "load_inputs", "text_encode", "denoise", "vae_decode",
+          "handoff_wait", "safety_image", "image_encode", "upload")
 
 
 class WorkerMetrics:
@@ -61,6 +64,10 @@ class WorkerMetrics:
                                     ["model", "reason"], registry=r)
         for reason in REASONS:
             self.dead_letters.labels(self.model, reason)
+        self.safety_blocked = Counter("zq_safety_blocked", "Jobs the safety gate blocked",
+                                      ["model", "stage"], registry=r)
+        for stage in STAGES:
+            self.safety_blocked.labels(self.model, stage)
         # Series that exist from the start: rate() cannot see a job counted before
         # Prometheus first scraped its series.
         for kind in JobKind:
@@ -105,6 +112,8 @@ class WorkerMetrics:
         self.jobs.labels(self.model, spec.kind.value, outcome.status.value).inc()
         if outcome.error is not None and outcome.status.value == "failed":
             self.failures.labels(self.model, outcome.error.code).inc()
+        if isinstance(outcome.error, UnsafeContent):
+            self.safety_blocked.labels(self.model, outcome.error.stage).inc()
         for phase, seconds in outcome.timings_s.items():
             if phase in PHASES:
                 self.phase.labels(self.model, phase).observe(seconds)

@@ -8,9 +8,10 @@ from typing import Any
 import torch
 from PIL import Image
 
-from common.errors import InputImageError, InvalidJob, JobCancelled
+from common.errors import AdapterFailed, InputImageError, InvalidJob, JobCancelled
 from common.images import fit_size
 from common.job import JobKind, JobSpec
+from worker.adapters import AdapterSet
 from worker.caches import LRUCache, latent_shape, make_latent_template
 from worker.models import LoadedModel, ProgressCallback
 from worker.results import RenderInputs, RenderResult
@@ -23,8 +24,10 @@ class Renderer:
     """Owns the warm model and its caches; renders jobs one at a time."""
 
     def __init__(self, model: LoadedModel, prompt_cache_size: int = 256,
-                 latent_cache_size: int = 32) -> None:
+                 latent_cache_size: int = 32, adapters: AdapterSet | None = None) -> None:
         self.model = model
+        # LoRA adapters on the transformer (None: this renderer cannot apply any).
+        self.adapters = adapters
         self.prompt_cache: LRUCache[PromptKey, Embeds] = LRUCache(prompt_cache_size)
         self.latent_cache: LRUCache[tuple[int, ...], torch.Tensor] = LRUCache(latent_cache_size)
 
@@ -54,6 +57,10 @@ class Renderer:
         loaded: ``WorkerBroken`` otherwise.
         """
         try:
+            if self.adapters is not None:
+                self.adapters.apply(job.adapters)  # none named: LoRA off
+            elif job.adapters:
+                raise AdapterFailed("this worker was started without LoRA adapter support")
             return self._render(job, inputs, on_step)
         finally:
             self.model.guard.check(f"{job.kind.value} job {job.job_id}")

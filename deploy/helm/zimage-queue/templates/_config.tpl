@@ -15,6 +15,16 @@ ZQ_MAX_DELIVERIES: {{ .Values.config.maxDeliveries | quote }}
 ZQ_METRICS_PORT: {{ .Values.config.metricsPort | quote }}
 ZQ_KEY_PREFIX: {{ .Values.config.keyPrefix | quote }}
 ZQ_HEALTH_DIR: /var/run/zq-health
+{{- with .Values.safety }}{{ if .enabled }}
+ZQ_SAFETY_MODEL: {{ .model | quote }}
+ZQ_SAFETY_THRESHOLD: {{ .threshold | toString | quote }}
+ZQ_SAFETY_LABELS: {{ join "," .labels | quote }}
+ZQ_SAFETY_PROMPT_BLOCKLIST: {{ join "," .promptBlocklist | quote }}
+ZQ_SAFETY_PROMPT_MODEL: {{ .promptModel | quote }}
+ZQ_SAFETY_PROMPT_LABELS: {{ join "," .promptLabels | quote }}
+ZQ_SAFETY_PROMPT_THRESHOLD: {{ .promptThreshold | toString | quote }}
+ZQ_SAFETY_GATE: {{ .gate | quote }}
+{{- end }}{{ end }}
 {{- range $k, $v := .Values.config.extraEnv }}
 {{ $k }}: {{ $v | toString | quote }}
 {{- end }}
