@@ -14,7 +14,6 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,13 +47,11 @@ class AdapterSet:
     img2img and inpaint pipelines), and which of them the current job uses."""
 
     def __init__(self, pipeline: Any, store: ObjectStore, cache_dir: Path,
-                 budget_bytes: int, on_change: Callable[[AdapterSet], None] = lambda s: None
-                 ) -> None:
+                 budget_bytes: int) -> None:
         self.pipeline = pipeline
         self.store = store
         self.cache_dir = Path(cache_dir)
         self.budget_bytes = budget_bytes
-        self.on_change = on_change
         self.resident: OrderedDict[str, int] = OrderedDict()  # peft name -> bytes
         self.stats = AdapterStats()
         self._enabled = False
@@ -86,8 +83,6 @@ class AdapterSet:
             self._disable()
             raise AdapterFailed(f"cannot apply adapters {[a.name for a in adapters]}: "
                                 f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            self.on_change(self)
 
     def _disable(self) -> None:
         if self._enabled:

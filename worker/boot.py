@@ -121,6 +121,7 @@ def start_runtime(settings: Settings, model: ModelType, worker_id: str,
                           settings.adapter_cache_mb * 1024 * 1024)
     renderer = ModelRenderer(loaded, settings.prompt_cache_size, settings.latent_cache_size,
                              adapters)
+    metrics.watch_adapters(adapters)
     try:
         warm_s = warm_up(renderer, settings.warmup_sizes_px)
     except WorkerBroken:

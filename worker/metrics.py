@@ -17,6 +17,7 @@ from common.deadletters import REASONS
 from common.errors import UnsafeContent
 from common.job import JobKind, JobSpec, ModelType
 from common.status import TERMINAL, JobRecord
+from worker.adapters import AdapterSet
 from worker.execute import CurrentJob
 from worker.hooks import JobOutcome
 from worker.lru import LRUCache
@@ -83,6 +84,10 @@ class WorkerMetrics:
         """Add the values read at scrape time: job age, cache counts, GPU memory."""
         self.registry.register(_ScrapeTimeCollector(self.model, current, caches, gpu_memory))
 
+    def watch_adapters(self, adapters: AdapterSet) -> None:
+        """Add the LoRA adapter counts, read at scrape time: loads, hits, resident bytes."""
+        self.registry.register(_AdapterCollector(self.model, adapters))
+
     def serve(self, port: int, address: str = "127.0.0.1") -> int:
         """Serve ``/metrics`` on ``address:port`` from a background thread; returns the port.
 
@@ -124,6 +129,35 @@ class WorkerMetrics:
         denoise = outcome.timings_s.get("denoise")
         if denoise and outcome.steps_run:
             self.steps_rate.labels(self.model).set(outcome.steps_run / denoise)
+
+
+class _AdapterCollector(Collector):
+    """The adapter set's own counts (``worker.adapters.AdapterStats``) as metrics."""
+
+    def __init__(self, model: str, adapters: AdapterSet) -> None:
+        self.model = model
+        self.adapters = adapters
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.adapters.stats
+        for name, text, value in (
+                ("zq_adapter_loads", "LoRA adapter files loaded (a miss)", stats.loads),
+                ("zq_adapter_hits", "Jobs' adapters found already loaded", stats.hits),
+                ("zq_adapter_evictions", "Adapters unloaded to stay within the budget",
+                 stats.evictions),
+                ("zq_adapter_load_seconds", "Seconds spent loading adapters",
+                 stats.load_seconds)):
+            family = CounterMetricFamily(name, text, labels=["model"])
+            family.add_metric([self.model], value)
+            yield family
+        resident = GaugeMetricFamily("zq_adapter_resident_bytes",
+                                     "Bytes of LoRA adapters loaded now", labels=["model"])
+        resident.add_metric([self.model], self.adapters.resident_bytes)
+        yield resident
+        count = GaugeMetricFamily("zq_adapters_resident", "LoRA adapters loaded now",
+                                  labels=["model"])
+        count.add_metric([self.model], len(self.adapters.resident))
+        yield count
 
 
 class _ScrapeTimeCollector(Collector):
