@@ -127,4 +127,5 @@ class JobRecord:
             "infra_retries": self.infra_retries,
             "infra_error": self.infra_error,
             "not_before": self.not_before,
+            "adapters": [adapter.to_dict() for adapter in spec.adapters],
         }

@@ -19,7 +19,8 @@ from producer.manifest import ReadOptions, parse_columns
 DONE = {s.value for s in TERMINAL} | {"invalid"}
 EXIT_USAGE = 2
 DEFAULT_OPTIONS = ("prompt", "model", "width", "height", "strength", "steps", "guidance",
-                   "seed", "priority", "output_format", "quality", "negative_prompt", "mask")
+                   "seed", "priority", "output_format", "quality", "negative_prompt", "mask",
+                   "adapters")
 
 
 def add_command(commands: Any) -> None:
@@ -37,6 +38,8 @@ def add_command(commands: Any) -> None:
     for name in ("strength", "guidance"):
         batch.add_argument(f"--{name}", type=float, help=f"default {name}")
     batch.add_argument("--format", dest="output_format", help="png, webp or jpeg")
+    batch.add_argument("--adapter", dest="adapters", action="append", metavar="NAME[:WEIGHT]",
+                       help="a registered LoRA adapter for rows that name none (repeatable)")
     batch.add_argument("--columns", action="append", default=[], metavar="FIELD=COLUMN,...",
                        help="read a field from a differently named column, e.g. "
                             "'sku=Handle,image=Image Src' (repeatable)")

@@ -39,7 +39,8 @@ period repeats the same images; ``fresh`` folds the period into every variant's 
 each period renders new ones (a period run again still gets the same images).
 
 ``defaults`` takes ``steps``, ``guidance``, ``strength``, ``priority``,
-``output_format``, ``negative_prompt`` and ``model``, checked by the job rules.
+``output_format``, ``negative_prompt``, ``model`` and ``adapters`` (the brand's LoRA
+adapters, ``["acme:0.8"]``), checked by the job rules.
 
 ``axes``: ``sizes`` (``WIDTHxHEIGHT`` strings, under the job size rules) and ``seeds``
 (integers) set the job's size and seed. Every other axis (any name of lowercase
@@ -110,7 +111,7 @@ MAX_AXES = MAX_TAGS - 3
 """Axes one campaign may have: each is a tag, beside campaign, period and sku."""
 DEFAULT_FIELDS = frozenset(
     {"steps", "guidance", "strength", "priority", "output_format", "quality", "negative_prompt",
-     "model"})
+     "model", "adapters"})
 IMAGE_ONLY_PRODUCT = "the product"
 """What ``{product}`` renders as for a product given only an image."""
 Renders = Literal["same", "fresh"]

@@ -25,10 +25,11 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from common.errors import InvalidManifest
+from common.adapters import parse_adapters
+from common.errors import InvalidJob, InvalidManifest
 
 COLUMNS = ("sku", "image", "prompt", "mask", "seed", "width", "height", "model", "strength",
-           "steps", "guidance", "negative_prompt", "output_format", "quality")
+           "steps", "guidance", "negative_prompt", "output_format", "quality", "adapters")
 INTEGER_COLUMNS = {"seed", "width", "height", "steps", "quality"}
 NUMBER_COLUMNS = {"strength", "guidance"}
 DELIMITERS = (",", ";", "\t", "|")
@@ -309,8 +310,12 @@ def _typed(line: int, cells: dict[str, Any]) -> ManifestRow | RowError:
                 typed[name] = _integer(value)
             elif name in NUMBER_COLUMNS:
                 typed[name] = _number(value)
+            elif name == "adapters":  # "acme:0.8;globex" in a cell, a list in JSONL
+                typed[name] = [adapter.to_dict() for adapter in parse_adapters(value)]
             else:
                 typed[name] = _text(value)
+        except InvalidJob as exc:
+            return RowError(line, sku, str(exc), exc.field)
         except ValueError as exc:
             return RowError(line, sku, f"{name}: {exc}", name)
     if not typed.get("sku"):

@@ -11,10 +11,14 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
 from common.errors import InvalidJob
 from common.job import ModelType
 from common.status import JobStatus
+from producer.api.app import create_app
+from producer.api.auth import ApiKeys
+from producer.batch import Batches
 from producer.client import Client
 from producer.replay import replay
 from tests.integration.cluster import Cluster
@@ -103,3 +107,33 @@ def test_brand_adapters_change_the_image_and_never_leak(cluster: Cluster, client
     assert client.manifest(job.job_id)["spec"]["adapters"] == [
         {"name": "acme", "weight": 1.0, "sha256": acme_sha}]
     assert replay(client, job.job_id, 120).identical
+
+    # A catalogue names adapters per row; a bad one is that row's error, the rest go in.
+    manifest = tmp_path / "catalogue.csv"
+    manifest.write_text("sku,prompt,adapters\n"
+                        "A-1,a shoe,acme:0.8\n"
+                        "A-2,a shoe,acme:9\n"
+                        "A-3,a shoe,hd-look\n"
+                        "A-4,a shoe,nobody\n"
+                        "A-5,a shoe,\n")
+    batches = Batches(client)
+    submission = batches.submit(manifest, {"width": SIDE, "height": SIDE, "steps": 2})
+    assert submission.jobs == 2
+    assert {error.sku: error.field for error in submission.errors} == {
+        "A-2": "adapters", "A-3": "adapters", "A-4": "adapters"}
+    rows = {row.sku: row for row in batches.results_light(submission.batch_id)}
+    records = client.wait_all([rows["A-1"].job_id or "", rows["A-5"].job_id or ""], 120)
+    assert [r.status for r in records] == [JobStatus.SUCCEEDED] * 2
+    assert records[0].spec.adapters[0].sha256 == acme_sha and not records[1].spec.adapters
+
+    # The HTTP API takes them too, and names the field when it refuses.
+    with TestClient(create_app(client.settings, client, ApiKeys())) as api:
+        made = api.post("/v1/jobs", json={"prompt": "p", "width": SIDE, "height": SIDE,
+                                          "adapters": [{"name": "globex", "weight": 0.7}]})
+        assert made.status_code == 201, made.text
+        assert made.json()["adapters"] == [{"name": "globex", "weight": 0.7,
+                                            "sha256": next(r["sha256"] for r in listed
+                                                           if r["name"] == "globex")}]
+        refused = api.post("/v1/jobs", json={"prompt": "p", "adapters": ["hd-look"]})
+        assert refused.status_code in (400, 422), refused.text
+        assert "adapters" in refused.text
