@@ -10,6 +10,7 @@ recently used first out, within a byte budget (the files' sizes: what the LoRA l
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
@@ -102,6 +103,8 @@ class AdapterSet:
         try:
             self.pipeline.load_lora_weights(str(path), adapter_name=name)
         except Exception as exc:
+            with contextlib.suppress(Exception):  # whatever the failed load left behind
+                self.pipeline.delete_adapters([name])
             raise AdapterFailed(f"adapter {adapter.name} ({adapter.sha256[:12]}) does not fit "
                                 f"this model: {type(exc).__name__}: {exc}") from exc
         self.stats.load_seconds += time.perf_counter() - started
