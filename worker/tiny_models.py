@@ -157,32 +157,42 @@ def is_complete_checkpoint(path: Path) -> bool:
 def write_checkpoint(path: Path, build: Callable[[], ZImagePipeline]) -> Path:
     """Save the pipeline ``build()`` returns as a checkpoint at ``path``; return ``path``.
 
-    The checkpoint is written to a temporary sibling folder and renamed into place, so a
-    half-written checkpoint never appears under ``path``. Does nothing (and does not
-    call ``build``) when ``path`` already holds a complete one.
+    Does nothing (and does not call ``build``) when ``path`` already holds a complete
+    one; see :func:`write_folder`.
+    """
+    return write_folder(path, lambda tmp: build().save_pretrained(tmp, safe_serialization=True),
+                        is_complete_checkpoint)
+
+
+def write_folder(path: Path, save: Callable[[Path], None],
+                 complete: Callable[[Path], bool]) -> Path:
+    """Have ``save`` write a folder, then rename it to ``path``; return ``path``.
+
+    Written to a temporary sibling and renamed into place, so a half-written folder
+    never appears under ``path``; a ``complete`` one already there is kept.
     """
     path = Path(path)
-    if is_complete_checkpoint(path):
+    if complete(path):
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; a checkpoint is readable like any folder
         transformers_logging.disable_progress_bar()  # callers print paths, not progress bars
-        build().save_pretrained(tmp, safe_serialization=True)
+        save(tmp)
         # safetensors writes its files owner-only: a worker running as another user (the
         # image's uid 10001, say) could not read a checkpoint made by root.
         for written in tmp.rglob("*"):
             written.chmod(0o755 if written.is_dir() else 0o644)
-        if is_complete_checkpoint(path):  # another process finished it meanwhile
+        if complete(path):  # another process finished it meanwhile
             return path
         if path.exists():  # an incomplete leftover: replace it
             shutil.rmtree(path)
         try:
             os.rename(tmp, path)
         except OSError:
-            # Another process finished the same checkpoint first.
-            if not is_complete_checkpoint(path):
+            # Another process finished the same folder first.
+            if not complete(path):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -13,14 +13,12 @@ above it passes every image, deterministically. Only worker code and tests impor
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
-from transformers.utils import logging as transformers_logging
+
+from worker.tiny_models import write_folder
 
 LABELS = {0: "normal", 1: "nsfw"}
 
@@ -39,30 +37,12 @@ def make_tiny_safety_classifier(path: Path, nsfw_score: float = 0.5, seed: int =
     """
     if not 0.0 < nsfw_score < 1.0:
         raise ValueError(f"nsfw_score must be strictly between 0 and 1, got {nsfw_score}")
-    path = Path(path)
-    if is_complete_classifier(path):
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        tmp.chmod(0o755)
-        transformers_logging.disable_progress_bar()
-        _build(nsfw_score, seed).save_pretrained(tmp, safe_serialization=True)
-        ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp)
-        for written in tmp.rglob("*"):
-            written.chmod(0o755 if written.is_dir() else 0o644)
-        if is_complete_classifier(path):  # another process finished it meanwhile
-            return path
-        if path.exists():
-            shutil.rmtree(path)
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            if not is_complete_classifier(path):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
+
+    def save(folder: Path) -> None:
+        _build(nsfw_score, seed).save_pretrained(folder, safe_serialization=True)
+        ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+
+    return write_folder(Path(path), save, is_complete_classifier)
 
 
 def _build(nsfw_score: float, seed: int) -> ViTForImageClassification:
