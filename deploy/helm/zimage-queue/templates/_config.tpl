@@ -15,6 +15,8 @@ ZQ_MAX_DELIVERIES: {{ .Values.config.maxDeliveries | quote }}
 ZQ_METRICS_PORT: {{ .Values.config.metricsPort | quote }}
 ZQ_KEY_PREFIX: {{ .Values.config.keyPrefix | quote }}
 ZQ_HEALTH_DIR: /var/run/zq-health
+ZQ_ADAPTER_CACHE_MB: {{ .Values.adapters.cacheMb | quote }}
+ZQ_ADAPTER_DIR: /var/cache/zq-adapters
 {{- with .Values.safety }}{{ if .enabled }}
 ZQ_SAFETY_MODEL: {{ .model | quote }}
 ZQ_SAFETY_THRESHOLD: {{ .threshold | toString | quote }}
