@@ -80,8 +80,11 @@ def test_a_slow_job_that_keeps_stepping_a_long_warm_up_and_idling_are_not_stalls
         "ZQ_STALL_TIMEOUT_S": str(stall_s), "ZQ_WARMUP_SIZE_PX": "1536"})
     assert float(cluster.record(worker)["warmup_seconds"]) > stall_s
     time.sleep(stall_s + 2)  # idle for longer than the timeout
-    job = client.generate("slow but steady", width=1024, height=1024, steps=60)
-    record = job.wait(120)
+    # 768 px: each step well under the timeout even on a slow, loaded CPU (about 0.3 s on
+    # a 2-core Xeon, where 1024 px steps came within reach of it: ~2 s), 150 of them well
+    # over it on any machine.
+    job = client.generate("slow but steady", width=768, height=768, steps=150)
+    record = job.wait(600)
     assert record.status is JobStatus.SUCCEEDED, record
     assert record.deliveries == 1 and record.worker == worker.name
     assert record.started_at is not None and record.finished_at is not None
