@@ -6,6 +6,7 @@ markers, and replaces only that section when it runs again.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import os
 import platform
@@ -25,6 +26,16 @@ HEADER = ("# Benchmark results\n\n"
 
 if str(ROOT) not in sys.path:  # ``tests.services`` is not installed, only the packages are
     sys.path.insert(0, str(ROOT))
+
+
+def tiny_render_args(description: str, jobs: int) -> argparse.Namespace:
+    """The options of the tiny-model render benchmarks: jobs, size, steps, torch threads."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("-n", "--jobs", type=int, default=jobs, help="jobs per scenario")
+    parser.add_argument("--size", type=int, default=64, help="image side in pixels")
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    return parser.parse_args()
 
 
 def mean_ms(values: Iterable[float]) -> float:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from _shared import mean_ms, median_ms, table, write_section
+from _shared import mean_ms, median_ms, table, tiny_render_args, write_section
 
 from common.adapter_registry import file_key
 from common.adapters import Adapter
@@ -52,10 +52,13 @@ def brands(store: LocalStore, checkpoint: Path, folder: Path) -> list[Adapter]:
 
 
 def run_scenario(model: LoadedModel, store: LocalStore, cache: Path, name: str,
-                 pinned: list[Adapter], args: argparse.Namespace) -> list[object]:
-    """Render one scenario with a fresh adapter set; returns its table row."""
-    one_file = (cache.parent / "one").stat().st_size if (cache.parent / "one").exists() else 0
-    budget = {"switch": one_file, "resident": 10 * one_file, "plain": 0}[name]
+                 pinned: list[Adapter], file_bytes: int, args: argparse.Namespace
+                 ) -> list[object]:
+    """Render one scenario with a fresh adapter set; returns its table row.
+
+    ``file_bytes``: one adapter's size, so the ``switch`` budget holds exactly one.
+    """
+    budget = {"switch": file_bytes, "resident": 10 * file_bytes, "plain": 0}[name]
     adapters = AdapterSet(model.pipeline, store, cache / name, budget)
     renderer = Renderer(model, adapters=adapters)
     times: list[float] = []
@@ -76,12 +79,7 @@ def run_scenario(model: LoadedModel, store: LocalStore, cache: Path, name: str,
 
 def main() -> None:
     """Run the three scenarios and write the ``adapters`` section of RESULTS.md."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-n", "--jobs", type=int, default=40, help="jobs per scenario")
-    parser.add_argument("--size", type=int, default=64, help="image side in pixels")
-    parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    args = parser.parse_args()
+    args = tiny_render_args(__doc__.splitlines()[0], jobs=40)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="zq-bench-") as tmp:
         folder = Path(tmp)
@@ -89,12 +87,10 @@ def main() -> None:
         model = load_model(ModelType.TURBO, str(checkpoint), ModelOptions(device="cpu"))
         store = LocalStore(folder / "store")
         pinned = brands(store, checkpoint, folder / "files")
-        (folder / "cache").mkdir()
-        (folder / "one").write_bytes(b"x" * (folder / "files" / "acme.safetensors").stat().st_size)
-        warm_up(Renderer(model))
-        rows = [run_scenario(model, store, folder / "cache", name, pinned, args)
-                for name in ("plain", "resident", "switch")]
         size = (folder / "files" / "acme.safetensors").stat().st_size
+        warm_up(Renderer(model))
+        rows = [run_scenario(model, store, folder / "cache", name, pinned, size, args)
+                for name in ("plain", "resident", "switch")]
     plain, resident, switch = (float(str(row[5])) for row in rows)
     ratio = (f"A job whose adapter must be loaded (switch) takes {switch / resident:.2f}x the "
              f"time of one whose adapter is resident ({switch:.1f} ms against {resident:.1f} "

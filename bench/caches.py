@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from _shared import mean_ms, median_ms, table, write_section
+from _shared import mean_ms, median_ms, table, tiny_render_args, write_section
 
 from common.job import JobKind, JobSpec, ModelType, new_job
 from worker.acceleration import ModelOptions
@@ -71,12 +71,7 @@ def run_scenario(model: LoadedModel, name: str, args: argparse.Namespace) -> lis
 
 def main() -> None:
     """Run the three scenarios and write the ``caches`` section of RESULTS.md."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-n", "--jobs", type=int, default=50, help="jobs per scenario")
-    parser.add_argument("--size", type=int, default=64, help="image side in pixels")
-    parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    args = parser.parse_args()
+    args = tiny_render_args(__doc__.splitlines()[0], jobs=50)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="zq-bench-") as tmp:
         path = make_tiny_checkpoint(Path(tmp) / "turbo", TINY_MODEL_SEEDS["turbo"])

@@ -80,6 +80,7 @@ class Shards:
             raise ConfigError("ZQ_REDIS_SHARDS: at least one Redis is needed")
         self.shards = shards
         self._seen: OrderedDict[str, int] = OrderedDict()
+        self._batches: dict[str, int] = {}  # batch id -> the shard found holding it
         self._lock = threading.Lock()
 
     @classmethod
@@ -190,6 +191,19 @@ class Shards:
             return bool(jobs.redis.exists(jobs.job_key(job_id)))
         return self.locate(job_id) is not None
 
+    def grouped(self, job_ids: list[str]) -> tuple[list[tuple[Shard, list[str]]], list[str]]:
+        """The distinct ids by the shard holding them (in the order first named), and the
+        ids no shard holds."""
+        located = self.locate_many(job_ids)
+        groups: dict[int, list[str]] = {}
+        unknown = []
+        for job_id in dict.fromkeys(job_ids):
+            if job_id in located:
+                groups.setdefault(located[job_id].index, []).append(job_id)
+            else:
+                unknown.append(job_id)
+        return [(self.shards[index], ids) for index, ids in groups.items()], unknown
+
     def holding(self, job_id: str) -> Shard:
         """The shard holding ``job_id``; ``JobNotFound`` when none does."""
         shard = self.locate(job_id)
@@ -205,10 +219,14 @@ class Shards:
         """
         if len(self.shards) == 1:
             return self.shards[0]
+        if batch_id in self._batches:  # a batch never moves
+            return self.shards[self._batches[batch_id]]
         home = self.for_key(batch_id)
         for shard in [home, *(shard for shard in self.shards if shard is not home)]:
             try:
                 if shard.jobs.batches.exists(batch_id):
+                    with self._lock:
+                        self._batches[batch_id] = shard.index
                     return shard
             except redis.RedisError:
                 if shard is home:

@@ -16,7 +16,7 @@ import redis
 
 from common.adapter_registry import AdapterRegistry
 from common.audit import audit_event
-from common.errors import ConfigError, InvalidJob, JobFailed, JobNotFound, UnknownParent
+from common.errors import InvalidJob, JobFailed, JobNotFound, UnknownParent
 from common.images import CONTENT_TYPES as IMAGE_CONTENT_TYPES
 from common.images import EXTENSIONS as IMAGE_EXTENSIONS
 from common.images import InputLimits, check_byte_size, check_mask_size, load_input
@@ -81,10 +81,7 @@ class Client:
     def __init__(self, settings: Settings, jobs: JobStore | None = None,
                  store: ObjectStore | None = None) -> None:
         self.settings = settings
-        try:
-            self.shards = Shards.from_settings(settings, home=jobs)
-        except ValueError as exc:  # redis-py's verdict on a malformed URL
-            raise ConfigError(f"ZQ_REDIS_URL: {exc}") from None
+        self.shards = Shards.from_settings(settings, home=jobs)
         self.jobs = self.shards.home.jobs
         self.app = self.shards.home.app
         self.store = store or open_store(settings)
@@ -226,15 +223,10 @@ class Client:
 
     def records(self, job_ids: list[str]) -> list[JobRecord | None]:
         """The records of ``job_ids`` (None: unknown or expired); one round trip per shard."""
-        located = self.shards.locate_many(job_ids)
-        by_shard: dict[int, list[str]] = {}
-        for job_id in dict.fromkeys(job_ids):
-            if job_id in located:
-                by_shard.setdefault(located[job_id].index, []).append(job_id)
+        groups, _ = self.shards.grouped(job_ids)
         found: dict[str, JobRecord] = {}
-        for index, ids in by_shard.items():
-            for job_id, record in zip(ids, self.shards.shards[index].jobs.get_many(ids),
-                                      strict=True):
+        for shard, ids in groups:
+            for job_id, record in zip(ids, shard.jobs.get_many(ids), strict=True):
                 if record is not None:
                     found[job_id] = record
         return [found.get(job_id) for job_id in job_ids]
@@ -260,17 +252,13 @@ class Client:
         """
         ids = [job.job_id if isinstance(job, JobHandle) else job for job in jobs]
         deadline = time.monotonic() + timeout_s
-        located = self.shards.locate_many(ids)
-        groups: dict[int, list[str]] = {}
-        for job_id in ids:
-            if job_id not in located:
-                raise JobNotFound(f"job {job_id} is not known")
-            groups.setdefault(located[job_id].index, []).append(job_id)
+        groups, unknown = self.shards.grouped(ids)
+        if unknown:
+            raise JobNotFound(f"job {unknown[0]} is not known")
         ended: dict[str, JobRecord] = {}
-        for index, group in groups.items():
+        for shard, group in groups:
             # One shard after the other: all must end, so the wait is as long as the latest.
-            ended.update(self._wait_on(self.shards.shards[index], group, deadline, timeout_s,
-                                       poll_s))
+            ended.update(self._wait_on(shard, group, deadline, timeout_s, poll_s))
         return [ended[job_id] for job_id in ids]
 
     def _wait_on(self, shard: Shard, ids: list[str], deadline: float, timeout_s: float,

@@ -236,3 +236,21 @@ def test_an_id_made_just_now_is_routed_without_asking_any_shard() -> None:
     assert [r.pipelines for r in redis_of] == [0, 0, 0, 0]
     assert shards.for_new(spec).index == 3  # a resubmission is looked for everywhere
     assert [r.pipelines for r in redis_of] == [1, 1, 1, 1]
+
+
+def test_a_batch_found_once_is_not_looked_for_again() -> None:
+    shards, redis_of = fake_shards(3)
+    elsewhere = (shard_index("b1", 3) + 1) % 3
+    redis_of[elsewhere].keys.add("zq:batch:b1")
+    assert shards.for_batch("b1").index == elsewhere
+    redis_of[elsewhere].down = True  # asking again would now fail
+    assert shards.for_batch("b1").index == elsewhere
+
+
+def test_grouping_ids_by_shard_keeps_first_order_and_names_the_unknown() -> None:
+    shards, redis_of = fake_shards(2)
+    redis_of[1].keys.update({"zq:job:a", "zq:job:c"})
+    redis_of[0].keys.add("zq:job:b")
+    groups, unknown = shards.grouped(["a", "b", "x", "c", "a"])
+    assert [(shard.index, ids) for shard, ids in groups] == [(1, ["a", "c"]), (0, ["b"])]
+    assert unknown == ["x"]
