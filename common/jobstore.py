@@ -114,8 +114,9 @@ class JobStore:
         # The index outlives the records it names (their TTL starts when they end);
         # readers skip the ids whose records are gone.
         index_ttl_s = 2 * self.record_ttl_s
+        adapters = " ".join(a.sha256 for a in spec.adapters if a.sha256)
         args: list[str | float | int] = [spec_json, time.time(), spec.job_id, root_id, turn,
-                                         index_ttl_s, spec.model.value]
+                                         index_ttl_s, spec.model.value, adapters]
         outcome, status, *owed = cast(list[str], self._submit(keys=keys, args=args))
         if outcome == "conflict":
             raise JobConflict(f"job {spec.job_id} exists with a different spec")

@@ -48,6 +48,22 @@ key                       type    holds                                 written 
                                   newest first, capped
 ------------------------  ------  ------------------------------------  ----------------------------
 
+Adapter routing (worker/warm_routing.py): which workers hold which LoRA adapters, which
+are idle, and the jobs passed to one of them. Each worker also consumes a queue of its own,
+``zq.{model}.to.{worker id}`` (kombu's keys, like the shared queues).
+
+------------------------  ------  ------------------------------------  ----------------------------
+key                       type    holds                                 written by
+------------------------  ------  ------------------------------------  ----------------------------
+{p}:warm:{model}:{sha}    set     ids of the workers holding the        WarmRouting; pass_job drops
+                                  adapter file with that sha256         dead workers
+{p}:idle:{model}          set     ids of the workers that hold          WarmRouting; pass_job drops
+                                  adapters and render nothing now       the worker it picks
+{p}:passed:{model}        zset    jobs passed to a warm worker, by the  pass_job; pass_due removes
+                                  time they go back to the shared
+                                  queue if still not taken
+------------------------  ------  ------------------------------------  ----------------------------
+
 Batches (common/batches.py) and webhooks (common/webhooks.py):
 
 ------------------------  ------  ------------------------------------  ----------------------------
@@ -162,6 +178,18 @@ class Keys:
     def chores(self, model: ModelType) -> str:
         """The lock naming the worker that does the model's fleet-wide chores."""
         return f"{self.prefix}:chores:{model.value}"
+
+    def warm(self, model: ModelType, sha256: str) -> str:
+        """The set of the model's workers holding the adapter file ``sha256``."""
+        return f"{self.prefix}:warm:{model.value}:{sha256}"
+
+    def idle(self, model: ModelType) -> str:
+        """The set of the model's workers that hold adapters and render nothing now."""
+        return f"{self.prefix}:idle:{model.value}"
+
+    def passed(self, model: ModelType) -> str:
+        """The sorted set of jobs passed to a warm worker, by when they go back if untaken."""
+        return f"{self.prefix}:passed:{model.value}"
 
     @property
     def dead_letters(self) -> str:

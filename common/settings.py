@@ -97,6 +97,15 @@ class Settings:
     # and where it keeps their files ("": a folder in the system's temp directory).
     adapter_cache_mb: int = 2048
     adapter_dir: str = ""
+    # With ZQ_COMPILE, adapters are hot-swapped into this many slots compiled in at start-up,
+    # each of this LoRA rank: a job's adapter of a higher rank is refused (the slots' memory
+    # and per-step cost grow with both).
+    adapter_slots: int = 2
+    adapter_max_rank: int = 64
+    # A job naming adapters this worker does not hold is passed, once, to an idle worker
+    # that holds them; if that worker has not taken it within this many seconds, it goes
+    # back to the shared queue (0: never pass; README, "Which worker runs an adapter job").
+    adapter_pass_s: int = 10
     # The safety gate (README, "Safety gate"): off unless a model, a blocklist or a plug-in
     # gate is set. An image classifier (hub id[@rev] or directory) and the labels of it that
     # count as unsafe at or above the threshold.
@@ -187,6 +196,9 @@ class Settings:
             task_events=_flag(env, "ZQ_TASK_EVENTS", base.task_events),
             adapter_cache_mb=_int(env, "ZQ_ADAPTER_CACHE_MB", base.adapter_cache_mb, 0),
             adapter_dir=env.get("ZQ_ADAPTER_DIR", base.adapter_dir).strip(),
+            adapter_slots=_int(env, "ZQ_ADAPTER_SLOTS", base.adapter_slots, 1),
+            adapter_max_rank=_int(env, "ZQ_ADAPTER_MAX_RANK", base.adapter_max_rank, 1),
+            adapter_pass_s=_int(env, "ZQ_ADAPTER_PASS_S", base.adapter_pass_s, 0),
             safety_model=env.get("ZQ_SAFETY_MODEL", "").strip(),
             safety_threshold=_fraction(env, "ZQ_SAFETY_THRESHOLD", base.safety_threshold),
             safety_labels=_words(env, "ZQ_SAFETY_LABELS", base.safety_labels),

@@ -37,6 +37,9 @@ class ModelOptions:
     attention_backend: str = ""
     compile: bool = False
     fp8: bool = False
+    # With compile: LoRA adapter slots prepared before compiling, and their rank.
+    adapter_slots: int = 2
+    adapter_max_rank: int = 64
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ModelOptions:
@@ -44,7 +47,8 @@ class ModelOptions:
         return cls(device=settings.device, dtype=settings.dtype,
                    cpu_offload=settings.cpu_offload,
                    attention_backend=settings.attention_backend, compile=settings.compile,
-                   fp8=settings.fp8)
+                   fp8=settings.fp8, adapter_slots=settings.adapter_slots,
+                   adapter_max_rank=settings.adapter_max_rank)
 
     @property
     def backend(self) -> str:
@@ -116,7 +120,11 @@ def place(pipeline: Any, options: ModelOptions, device: torch.device) -> None:
 
 
 def accelerate(pipeline: Any, options: ModelOptions) -> None:
-    """FP8, attention backend and compile, in that order (compile sees the final modules)."""
+    """FP8, attention backend and compile, in that order (compile sees the final modules).
+
+    With compile, the LoRA adapter slots go in just before it, so that adapters are later
+    hot-swapped into the compiled graph instead of changing it.
+    """
     transformer = pipeline.transformer
     if options.fp8:
         quantize_fp8(transformer)
@@ -127,6 +135,10 @@ def accelerate(pipeline: Any, options: ModelOptions) -> None:
             raise ConfigError(f"ZQ_ATTENTION_BACKEND={options.backend} is not available "
                               f"here: {exc}") from None
     if options.compile:
+        if options.adapter_slots:
+            from worker.adapters import AdapterSet
+
+            AdapterSet.prepare_hotswap(pipeline, options.adapter_slots, options.adapter_max_rank)
         # Regional compilation: each transformer block is compiled once and reused for
         # every layer, which compiles in a fraction of the time of the whole model.
         transformer.compile_repeated_blocks(fullgraph=True)

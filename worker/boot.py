@@ -35,6 +35,7 @@ from worker.ports import bind_first_free
 from worker.render import Renderer
 from worker.results import RenderInputs
 from worker.safety import load_guard
+from worker.warm_routing import WarmRouting
 
 if TYPE_CHECKING:
     from worker.celery_app import WorkerRuntime
@@ -103,8 +104,6 @@ def start_runtime(settings: Settings, model: ModelType, worker_id: str,
     registry = WorkerRegistry(jobs, worker_id, model, ttl_s=settings.lease_ttl_s * 2)
     registry.update(metrics_addr=address, metrics_port=port)
     letters = DeadLetterStore(jobs.redis, settings.key_prefix, settings.dead_letter_max)
-    intake = Intake(jobs, letters, worker_id, TASK_NAMES.values(), metrics.dead_lettered,
-                    model, lambda spec: publish(app, spec))
     current = CurrentJob()
     # Beat (and write the health file, not ready) while the weights load: a probe must
     # see a loading worker as alive, or Kubernetes restarts it mid-load.
@@ -122,6 +121,10 @@ def start_runtime(settings: Settings, model: ModelType, worker_id: str,
     renderer = ModelRenderer(loaded, settings.prompt_cache_size, settings.latent_cache_size,
                              adapters)
     metrics.watch_adapters(adapters)
+    routing = WarmRouting(jobs, model, worker_id, adapters, app, settings.adapter_pass_s,
+                          metrics.count_pass)
+    intake = Intake(jobs, letters, worker_id, TASK_NAMES.values(), metrics.dead_lettered,
+                    model, lambda spec: publish(app, spec), routing)
     try:
         warm_s = warm_up(renderer, settings.warmup_sizes_px)
     except WorkerBroken:
@@ -143,4 +146,5 @@ def start_runtime(settings: Settings, model: ModelType, worker_id: str,
                        current, model, safety)
     caches = {"prompt_embeds": renderer.prompt_cache, "latent_template": renderer.latent_cache}
     metrics.watch(current, caches, gpu_memory_of(loaded.device))  # type: ignore[arg-type]
-    return WorkerRuntime(model, runner, registry, liveness, metrics, intake)
+    liveness.routing = routing
+    return WorkerRuntime(model, runner, registry, liveness, metrics, intake, routing)

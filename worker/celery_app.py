@@ -27,6 +27,7 @@ from worker.intake import Intake
 from worker.liveness import Liveness, WorkerRegistry
 from worker.metrics import WorkerMetrics
 from worker.transport import worker_transport_config
+from worker.warm_routing import WarmRouting, own_queue
 
 log = logging.getLogger("zq.worker")
 EXIT_CANNOT_START = 78  # EX_CONFIG
@@ -52,6 +53,7 @@ class WorkerRuntime:
     liveness: Liveness
     metrics: WorkerMetrics
     intake: Intake
+    routing: WarmRouting
 
 
 _runtime: WorkerRuntime | None = None
@@ -90,7 +92,8 @@ def _boot(sender: str, instance: Any, **_: Any) -> None:
 
     queues = sorted(instance.app.amqp.queues.consume_from or {})
     try:
-        _runtime = start_runtime(settings, served_model(queues), sender, app)
+        model = served_model(queues)
+        _runtime = start_runtime(settings, model, sender, app)
     except ConfigError as exc:
         log.critical("worker cannot start: %s", exc)
         os._exit(EXIT_CANNOT_START)
@@ -102,6 +105,8 @@ def _boot(sender: str, instance: Any, **_: Any) -> None:
         # cannot load its model must not go on to consume (and drop) messages.
         log.critical("worker cannot start", exc_info=True)
         os._exit(EXIT_CANNOT_START)
+    # Where other workers pass the jobs that need adapters this one holds.
+    instance.app.amqp.queues.select_add(own_queue(model, sender))
 
 
 @signals.worker_ready.connect
@@ -117,6 +122,7 @@ def _ready(**_: Any) -> None:
 @signals.worker_shutdown.connect
 def _shutdown(**_: Any) -> None:
     if _runtime is not None:
+        _runtime.routing.close()
         _runtime.registry.update(ready=0)
         _runtime.metrics.ready.labels(_runtime.model.value).set(0)
         # Rendered jobs still being stored are finished before the process exits; the
@@ -143,6 +149,16 @@ def _run(job_id: str) -> str:
         exit_code = EXIT_MODEL_CHANGED
         log.critical("stopping the worker: %s", exc)
         raise WorkerShutdown(EXIT_MODEL_CHANGED) from exc
+    finally:
+        _job_ended(state)
+
+
+def _job_ended(state: WorkerRuntime) -> None:
+    """This worker is free again: routing may pass it adapter jobs now."""
+    try:
+        state.routing.job_ended()
+    except redis.RedisError as exc:  # the next heartbeat says it again
+        log.warning("could not record this worker as idle: %s", exc)
 
 
 @app.task(name=TASK_NAMES[JobKind.GENERATE], ignore_result=True)

@@ -33,6 +33,7 @@ from common.deadletters import (
 from common.errors import InvalidJob, JobNotFound
 from common.job import ID_PATTERN, JobSpec, ModelType
 from common.jobstore import JobStore
+from worker.warm_routing import Route, WarmRouting
 
 log = logging.getLogger("zq.worker")
 
@@ -126,8 +127,11 @@ class Intake:
                  task_names: Collection[str],
                  on_refused: Callable[[str], None] = lambda reason: None,
                  model: ModelType | None = None,
-                 forward: Callable[[JobSpec], None] = lambda spec: None) -> None:
+                 forward: Callable[[JobSpec], None] = lambda spec: None,
+                 routing: WarmRouting | None = None) -> None:
         self.jobs = jobs
+        # Adapter affinity: a job may be passed to an idle worker holding its adapters.
+        self.routing = routing
         # A message for a job of another model type is not run here (this worker holds
         # other weights): it is dead-lettered and the job ``forward``ed to its own queue.
         self.model = model
@@ -142,8 +146,11 @@ class Intake:
         verdict = inspect(message, self.task_names)
         if isinstance(verdict, Admitted):
             try:
-                # One field, not the record: this runs for every message.
-                if self.model is None or self.jobs.model_of(verdict.job_id) is self.model:
+                # One round trip, not the record: this runs for every message.
+                route = self._route(verdict.job_id)
+                if route.peer is not None and self._pass_on(message, verdict, route.peer):
+                    return False
+                if self.model is None or route.model is self.model:
                     return True
                 spec = self.jobs.get(verdict.job_id).spec
                 verdict = Refusal(WRONG_QUEUE, f"job {spec.job_id} is a {spec.model.value} "
@@ -155,6 +162,24 @@ class Intake:
                 return True  # cannot tell: the task requeues the message on a Redis error
         self.refuse(message, verdict)
         return False
+
+    def _route(self, job_id: str) -> Route:
+        if self.routing is None:
+            return Route(self.jobs.model_of(job_id))
+        return self.routing.route(job_id)
+
+    def _pass_on(self, message: Message, admitted: Admitted, peer: str) -> bool:
+        """Pass the job to ``peer`` and acknowledge the message; False if it could not be
+        sent (this worker runs the job instead)."""
+        assert self.routing is not None
+        try:
+            self.routing.pass_on(message, admitted.task, admitted.job_id, peer)
+        except Exception as exc:  # kombu and redis raise their own; the job runs here
+            log.warning("could not pass job %s to %s, running it here: %s", admitted.job_id,
+                        peer, exc)
+            return False
+        message.ack()  # type: ignore[no-untyped-call]
+        return True
 
     def refuse(self, message: Message, refusal: Refusal) -> None:
         """Dead-letter a received message and acknowledge it."""

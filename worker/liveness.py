@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
+from celery import Celery
+
 from common.aging import promote_overdue
 from common.job import MAX_PRIORITY, JobSpec, ModelType
 from common.jobstore import JobStore
@@ -35,6 +37,7 @@ from common.status import JobRecord
 from worker.execute import CurrentJob
 from worker.health import Health, write_health
 from worker.hooks import JobOutcome
+from worker.warm_routing import WarmRouting, delete_own_queues, return_overdue_passes
 from worker.watchdog import Stall, give_up
 
 log = logging.getLogger("zq.worker")
@@ -154,6 +157,8 @@ class Liveness(threading.Thread):
         self.stopping = threading.Event()
         self.next_prune = 0.0
         self.chores = ChoresLock(jobs, model, worker_id, self.interval_s * CHORES_LOCK_BEATS)
+        # Set once the model is loaded: adapter routing's record of what this worker holds.
+        self.routing: WarmRouting | None = None
         # Read now: a worker giving up on a hung job should not be reading files.
         self._record_stall = load("record_stall")
 
@@ -209,6 +214,8 @@ class Liveness(threading.Thread):
             self.jobs.renew_lease(job_id, self.worker_id, self.lease_ttl_s)
         self.registry.beat()
         self.registry.update(current_job=self.current.get() or "")
+        if self.routing is not None:
+            self.routing.refresh()
         if not self.chores.acquire():
             return False
         try:
@@ -235,12 +242,18 @@ class Liveness(threading.Thread):
                 recovered.append(job_id)
         recovered += self.jobs.due_retries(self.model)
         publish_jobs(self.app, self.jobs, recovered, priority=MAX_PRIORITY)
+        if self.routing is not None:
+            recovered += return_overdue_passes(self.jobs, self.app, self.model,
+                                               self.routing.on_pass)
         stale = self.jobs.needs_publish(self.model, older_than_s=self.lease_ttl_s)
         publish_jobs(self.app, self.jobs, stale)
         if time.monotonic() >= self.next_prune:
             self.next_prune = time.monotonic() + PRUNE_INTERVAL_S
-            for name in self.jobs.prune_workers(self.model):
+            gone = self.jobs.prune_workers(self.model)
+            for name in gone:
                 log.info("worker %s stopped beating long ago; removed from the list", name)
+            if isinstance(self.app, Celery):
+                delete_own_queues(self.app, self.model, gone)
         if self.max_wait_s:
             for job_id in promote_overdue(self.jobs, self.app, self.model, self.max_wait_s):
                 log.info("job %s waited over %ss: promoted to the top priority", job_id,

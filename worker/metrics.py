@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -17,11 +18,13 @@ from common.deadletters import REASONS
 from common.errors import UnsafeContent
 from common.job import JobKind, JobSpec, ModelType
 from common.status import TERMINAL, JobRecord
-from worker.adapters import AdapterSet
 from worker.execute import CurrentJob
 from worker.hooks import JobOutcome
 from worker.lru import LRUCache
 from worker.safety import STAGES
+
+if TYPE_CHECKING:  # worker.adapters needs torch; the Flower image imports these metrics
+    from worker.adapters import AdapterSet
 
 # From a 16 px tiny-model step (~5 ms) to a 2048 px base-model job (many minutes).
 PHASE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -69,6 +72,12 @@ class WorkerMetrics:
                                       ["model", "stage"], registry=r)
         for stage in STAGES:
             self.safety_blocked.labels(self.model, stage)
+        self.adapter_passes = Counter(
+            "zq_adapter_passes", "Adapter jobs passed to a worker holding their adapters "
+            "(sent), and those put back on the shared queue untaken (returned)",
+            ["model", "way"], registry=r)
+        for way in ("sent", "returned"):
+            self.adapter_passes.labels(self.model, way)
         # Series that exist from the start: rate() cannot see a job counted before
         # Prometheus first scraped its series.
         for kind in JobKind:
@@ -99,6 +108,10 @@ class WorkerMetrics:
     def dead_lettered(self, reason: str) -> None:
         """Count a message moved to the dead-letter list."""
         self.dead_letters.labels(self.model, reason).inc()
+
+    def count_pass(self, way: str) -> None:
+        """Count an adapter job passed to a warm worker (``sent``) or put back (``returned``)."""
+        self.adapter_passes.labels(self.model, way).inc()
 
     # -- job hooks --------------------------------------------------------------
     def started(self, record: JobRecord) -> None:

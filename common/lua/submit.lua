@@ -1,5 +1,6 @@
 -- KEYS: job, parent job, parent's children set, unpublished set, conversation index
--- ARGV: spec json, now, job id, root id, turn, conversation index ttl s (0: none), model
+-- ARGV: spec json, now, job id, root id, turn, conversation index ttl s (0: none), model,
+-- the sha256s of the job's adapters, space-separated ('': none; what admit routes by)
 -- Records a new job, or finds the identical one submitted before.
 -- Returns {outcome, status, '1' if the job's message is owed (in the unpublished set)}.
 --#include terminal
@@ -24,6 +25,10 @@ if KEYS[2] ~= '' then
 end
 local fields = {'spec', ARGV[1], 'status', status, 'created_at', ARGV[2], 'root_id', ARGV[4],
                 'turn', ARGV[5], 'deliveries', 0, 'model', ARGV[7]}
+if ARGV[8] ~= '' then
+  table.insert(fields, 'adapters')
+  table.insert(fields, ARGV[8])
+end
 if status == 'queued' then
   table.insert(fields, 'queued_at')
   table.insert(fields, ARGV[2])

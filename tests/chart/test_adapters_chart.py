@@ -28,7 +28,18 @@ def test_each_worker_keeps_adapters_on_a_volume_sized_to_the_budget(helm: Any,
         assert {"name": "adapters", "mountPath": "/var/cache/zq-adapters"} in mounts
 
 
-@pytest.mark.parametrize("adapters", [{"cacheMb": -1}, {"cacheMb": "2G"}, {"size": 1}])
+def test_adapter_routing_and_hot_swap_settings_reach_the_workers(helm: Any) -> None:
+    data = next(iter(by_kind(render_values(helm, BASE), "ConfigMap").values()))["data"]
+    assert (data["ZQ_ADAPTER_PASS_S"], data["ZQ_ADAPTER_SLOTS"],
+            data["ZQ_ADAPTER_MAX_RANK"]) == ("10", "2", "64")
+    values = {**BASE, "adapters": {"passSeconds": 0, "slots": 4, "maxRank": 128}}
+    data = next(iter(by_kind(render_values(helm, values), "ConfigMap").values()))["data"]
+    assert (data["ZQ_ADAPTER_PASS_S"], data["ZQ_ADAPTER_SLOTS"],
+            data["ZQ_ADAPTER_MAX_RANK"]) == ("0", "4", "128")
+
+
+@pytest.mark.parametrize("adapters", [{"cacheMb": -1}, {"cacheMb": "2G"}, {"size": 1},
+                                      {"passSeconds": -1}, {"slots": 0}, {"maxRank": "64"}])
 def test_bad_adapter_values_are_refused(helm: Any, adapters: dict[str, Any]) -> None:
     with pytest.raises(helm.HelmValuesError, match="adapters"):
         render_values(helm, {**BASE, "adapters": adapters})

@@ -45,6 +45,10 @@ BUILDERS: dict[str, tuple[Builder, list[str]]] = {
     ":webhooks:wake": (lambda keys: keys.webhooks_wake, []),
     ":ended:": (Keys.ended, ["job-1"]),
     ":batch-progress:": (Keys.batch_progress, ["batch-1"]),
+    ":worker:": (Keys.worker, ["turbo-1@host"]),
+    ":idle:": (lambda keys, model: keys.idle(ModelType(model)), [TURBO]),
+    ":passed:": (lambda keys, model: keys.passed(ModelType(model)), [TURBO]),
+    ":warm:": (lambda keys, model, sha: keys.warm(ModelType(model), sha), [TURBO, "a" * 64]),
 }
 
 

@@ -17,6 +17,9 @@ ZQ_KEY_PREFIX: {{ .Values.config.keyPrefix | quote }}
 ZQ_HEALTH_DIR: /var/run/zq-health
 ZQ_ADAPTER_CACHE_MB: {{ .Values.adapters.cacheMb | quote }}
 ZQ_ADAPTER_DIR: /var/cache/zq-adapters
+ZQ_ADAPTER_PASS_S: {{ .Values.adapters.passSeconds | quote }}
+ZQ_ADAPTER_SLOTS: {{ .Values.adapters.slots | quote }}
+ZQ_ADAPTER_MAX_RANK: {{ .Values.adapters.maxRank | quote }}
 {{- with .Values.safety }}{{ if .enabled }}
 ZQ_SAFETY_MODEL: {{ .model | quote }}
 ZQ_SAFETY_THRESHOLD: {{ .threshold | toString | quote }}
