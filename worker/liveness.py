@@ -215,7 +215,7 @@ class Liveness(threading.Thread):
         self.registry.beat()
         self.registry.update(current_job=self.current.get() or "")
         if self.routing is not None:
-            self.routing.refresh()
+            self.routing.heartbeat()
         if not self.chores.acquire():
             return False
         try:

@@ -25,6 +25,7 @@ that holds no adapter writes nothing, so fleets without adapters pay nothing for
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,7 +72,12 @@ class Route:
 
 
 class WarmRouting:
-    """One worker's side of adapter affinity: what it holds, where its jobs go."""
+    """One worker's side of adapter affinity: what it holds, where its jobs go.
+
+    The job thread routes messages and says when a job ended; the heartbeat thread says
+    again what the job thread last wrote (``heartbeat``). A lock keeps the two from
+    interleaving, so a beat never puts a rendering worker back in the idle set.
+    """
 
     def __init__(self, jobs: JobStore, model: ModelType, worker_id: str,
                  adapters: HeldAdapters | None, app: Celery, pass_s: int,
@@ -85,12 +91,15 @@ class WarmRouting:
         self.on_pass = on_pass
         self.keys = jobs.keys
         self._pass = jobs.redis.register_script(load("pass_job"))
+        self._lock = threading.Lock()
         # What this worker last wrote to Redis, so that dropping an adapter is undone there.
         self._published: frozenset[str] = frozenset()
         self._busy = False
+        self._closed = False
 
     def held(self) -> frozenset[str]:
-        """The checksums of the adapters this worker holds now."""
+        """The checksums of the adapters this worker holds now (read on the job thread,
+        which alone loads and evicts them)."""
         return self.adapters.resident_sha256s() if self.adapters is not None else frozenset()
 
     def route(self, job_id: str) -> Route:
@@ -100,12 +109,25 @@ class WarmRouting:
         runs (a worker holding adapters also leaves the idle set in it); a second one, the
         pick (``pass_job.lua``), only for a job naming adapters this worker lacks.
         """
-        held = self.held()
-        pipe = self.jobs.redis.pipeline(transaction=False)
-        pipe.hmget(self.jobs.job_key(job_id), "model", "status", "adapters", "passed_to")
-        if held:
-            pipe.srem(self.keys.idle(self.model), self.worker_id)
-        model_name, status, adapters, passed_to = pipe.execute()[0]
+        with self._lock:
+            held = self.held()
+            pipe = self.jobs.redis.pipeline(transaction=False)
+            pipe.hmget(self.jobs.job_key(job_id), "model", "status", "adapters", "passed_to")
+            if held:
+                pipe.srem(self.keys.idle(self.model), self.worker_id)
+            fields = pipe.execute()[0]
+            self._busy = True  # until the job ends, or it is passed on
+        try:
+            route = self._decide(job_id, fields, held)
+        except BaseException:
+            self._idle_again()
+            raise
+        if route.model is not self.model:
+            self._idle_again()  # forwarded to its own model's queue: nothing runs here
+        return route
+
+    def _decide(self, job_id: str, fields: list[str | None], held: frozenset[str]) -> Route:
+        model_name, status, adapters, passed_to = fields
         if model_name is None:
             return Route(self.jobs.model_of(job_id))  # JobNotFound for an unknown id
         model = ModelType(model_name)
@@ -118,8 +140,11 @@ class WarmRouting:
                                     time.time() + self.pass_s, job_id])
             if peer:
                 return Route(model, str(peer))
-        self._busy = True
         return Route(model)
+
+    def _idle_again(self) -> None:
+        with self._lock:
+            self._busy = False  # the next heartbeat puts it back in the idle set
 
     def pass_on(self, message: Message, task: str, job_id: str, peer: str) -> None:
         """Send the job to ``peer``'s own queue, at the priority it was received with.
@@ -134,18 +159,23 @@ class WarmRouting:
         self.on_pass("sent")
         log.info("job %s needs adapters this worker lacks: passed to %s, which holds them",
                  job_id, peer)
-        self.refresh()  # still idle: back in the idle set, if it holds adapters
+        self.job_ended()  # it runs nothing: idle again, if it holds adapters
 
     def job_ended(self) -> None:
         """The worker renders nothing now: say what it holds, and that it is idle."""
-        self._busy = False
-        self.refresh()
+        with self._lock:
+            self._busy = False
+            self._write(self.held())
 
-    def refresh(self) -> None:
-        """Write what this worker holds (and whether it is idle) to Redis; one round trip,
-        none for a worker that holds no adapter and never did."""
-        held = self.held()
-        if not held and not self._published:
+    def heartbeat(self) -> None:
+        """Say again what the job thread last said (lost if Redis restarted empty)."""
+        with self._lock:
+            self._write(self._published)
+
+    def _write(self, held: frozenset[str]) -> None:
+        """What this worker holds, and whether it is idle, in one round trip; none for a
+        worker that holds no adapter and never did."""
+        if self._closed or (not held and not self._published):
             return
         pipe = self.jobs.redis.pipeline(transaction=False)
         for sha256 in self._published - held:
@@ -160,17 +190,18 @@ class WarmRouting:
         self._published = held
 
     def close(self) -> None:
-        """At shutdown: hold nothing, idle nowhere (best effort; a dead worker's entries
-        are dropped by the next pick that meets them)."""
-        pipe = self.jobs.redis.pipeline(transaction=False)
-        for sha256 in self._published:
-            pipe.srem(self.keys.warm(self.model, sha256), self.worker_id)
-        pipe.srem(self.keys.idle(self.model), self.worker_id)
-        try:
-            pipe.execute()
-        except redis.RedisError as exc:
-            log.warning("could not withdraw this worker's adapters from routing: %s", exc)
-        self._published = frozenset()
+        """At shutdown: hold nothing, idle nowhere, from now on (best effort; a dead
+        worker's entries are dropped by the next pick that meets them)."""
+        with self._lock:
+            self._closed = True
+            pipe = self.jobs.redis.pipeline(transaction=False)
+            for sha256 in self._published:
+                pipe.srem(self.keys.warm(self.model, sha256), self.worker_id)
+            pipe.srem(self.keys.idle(self.model), self.worker_id)
+            try:
+                pipe.execute()
+            except redis.RedisError as exc:
+                log.warning("could not withdraw this worker's adapters from routing: %s", exc)
 
 
 def return_overdue_passes(jobs: JobStore, app: Celery, model: ModelType,

@@ -252,12 +252,28 @@ def test_what_a_worker_holds_follows_its_adapters_and_a_plain_worker_writes_noth
 
     holding = Holding(ACME, GLOBEX)
     worker = WarmRouting(fleet.jobs, ModelType.TURBO, "w", holding, fleet.app, PASS_S)
-    worker.refresh()
+    worker.job_ended()
     assert fleet.warm(ACME) == {"w"} and fleet.warm(GLOBEX) == {"w"} and fleet.idle() == {"w"}
     holding.sha256s = frozenset({GLOBEX})  # acme was evicted
     worker.job_ended()
     assert fleet.warm(ACME) == set() and fleet.warm(GLOBEX) == {"w"}
+
+    # Rendering, it stays out of the idle set whatever its heartbeat says; once the job is
+    # over (or it only forwarded another model's job) the heartbeat puts it back.
+    assert worker.route(fleet.job()) == Route(ModelType.TURBO)
+    fleet.r.delete(fleet.jobs.keys.warm(ModelType.TURBO, GLOBEX))  # as after a Redis restart
+    worker.heartbeat()
+    assert fleet.idle() == set() and fleet.warm(GLOBEX) == {"w"}
+    worker.job_ended()
+    assert worker.route(fleet.job(model="edit")) == Route(ModelType.EDIT)
+    assert fleet.idle() == set()
+    worker.heartbeat()
+    assert fleet.idle() == {"w"}
+
     worker.close()
+    assert fleet.warm(GLOBEX) == set() and fleet.idle() == set()
+    worker.heartbeat()  # the beat goes on while the worker finishes its stores
+    worker.job_ended()
     assert fleet.warm(GLOBEX) == set() and fleet.idle() == set()
 
 
