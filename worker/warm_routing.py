@@ -38,7 +38,7 @@ from kombu.message import Message
 
 from common.job import ModelType
 from common.jobstore import JobStore
-from common.queueing import publish_jobs
+from common.queueing import publish_jobs, queue_name
 from common.scripts import load
 
 log = logging.getLogger("zq.worker")
@@ -53,7 +53,7 @@ class HeldAdapters(Protocol):
 
 def own_queue_name(model: ModelType, worker_id: str) -> str:
     """The queue only ``worker_id`` consumes, where jobs passed to it arrive."""
-    return f"zq.{model.value}.to.{worker_id}"
+    return f"{queue_name(model)}.to.{worker_id}"
 
 
 def own_queue(model: ModelType, worker_id: str) -> Queue:
@@ -64,10 +64,10 @@ def own_queue(model: ModelType, worker_id: str) -> Queue:
 
 @dataclass(frozen=True)
 class Route:
-    """Where a received job goes: its model type (None: unknown here) and, if it is to be
-    passed, the worker to pass it to."""
+    """Where a received job goes: its model type and, if it is to be passed, the worker
+    to pass it to."""
 
-    model: ModelType | None
+    model: ModelType
     peer: str | None = None
 
 
