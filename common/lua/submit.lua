@@ -1,6 +1,6 @@
 -- KEYS: job, parent job, parent's children set, unpublished set, conversation index
 -- ARGV: spec json, now, job id, root id, turn, conversation index ttl s (0: none), model,
--- the sha256s of the job's adapters, space-separated ('': none; what admit routes by)
+-- the sha256s of the job's adapters, space-separated ('': none; what warm routing reads)
 -- Records a new job, or finds the identical one submitted before.
 -- Returns {outcome, status, '1' if the job's message is owed (in the unpublished set)}.
 --#include terminal
