@@ -56,7 +56,7 @@ def images_under(client: Client, prefix: str) -> list[str]:
 def test_running_a_period_twice_makes_each_variant_once(cluster: Cluster, client: Client,
                                                          tmp_path: Path) -> None:
     path = write_campaign(tmp_path)
-    turbo, edit = cluster.start(ModelType.TURBO), cluster.start(ModelType.EDIT)
+    turbo, edit = cluster.start_many(ModelType.TURBO, ModelType.EDIT)
     for _ in range(2):
         ran = zq(cluster, "campaign", "run", str(path), "--period", PERIOD, "--wait")
         assert ran.returncode == 0, ran.stderr
@@ -79,8 +79,7 @@ def test_beat_runs_the_current_period_and_summarises_it(cluster: Cluster, client
     folder = tmp_path / "campaigns"
     folder.mkdir()
     campaign = load_campaign(write_campaign(folder, schedule="* * * * *"))
-    cluster.start(ModelType.TURBO)
-    cluster.start(ModelType.EDIT)
+    cluster.start_many(ModelType.TURBO, ModelType.EDIT)
     period = current_period(campaign)
     beat = zq(cluster, "beat", "--campaigns", str(folder), "--once")
     assert beat.returncode == 0, beat.stderr

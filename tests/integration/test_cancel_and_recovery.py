@@ -93,7 +93,7 @@ def test_killed_worker_job_completes_once_on_a_restarted_worker(cluster: Cluster
 
 def test_job_running_on_one_worker_is_not_run_by_another(cluster: Cluster,
                                                           client: Client) -> None:
-    workers = [cluster.start(ModelType.TURBO, name=f"w{i}@test") for i in range(2)]
+    workers = cluster.start_many(ModelType.TURBO, ModelType.TURBO, names=["w0@test", "w1@test"])
     # Long enough to still be running when the duplicate arrives; cancelled at the end.
     job = client.generate("only once", width=1024, height=1024, steps=150)
     running = wait_for(job, lambda r: r.step >= 1)

@@ -25,8 +25,7 @@ def zq(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_generate_then_edit_with_wait_and_json(cluster: Cluster, tmp_path: Path) -> None:
-    cluster.start(ModelType.TURBO)
-    cluster.start(ModelType.EDIT)
+    cluster.start_many(ModelType.TURBO, ModelType.EDIT)
     made = zq(cluster, "generate", "a lantern", "--width", "32", "--height", "32",
               "--seed", "3", "--tag", "sku=A-1", "--wait", "--json")
     assert made.returncode == 0, made.stderr

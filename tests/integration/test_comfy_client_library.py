@@ -71,8 +71,7 @@ def test_comfy_api_simplified_generates_and_edits(cluster: Cluster, tmp_path: Pa
             "comfy-api-simplified (pip install -e '.[dev]')")
     from comfy_api_simplified import ComfyApiWrapper, ComfyWorkflowWrapper
 
-    cluster.start(ModelType.TURBO)
-    cluster.start(ModelType.EDIT)
+    cluster.start_many(ModelType.TURBO, ModelType.EDIT)
     server = Api(cluster, tmp_path / "api.log", {})
     try:
         api = ComfyApiWrapper(f"http://127.0.0.1:{server.port}/")

@@ -29,8 +29,7 @@ def test_whole_conversation_submitted_before_workers_completes_in_order(
     assert first.status().status is JobStatus.QUEUED
     assert [t.status().status for t in (second, third, fourth)] == [JobStatus.WAITING] * 3
 
-    for model in ModelType:
-        cluster.start(model)
+    cluster.start_many(*ModelType)
     records = [turn.wait(120) for turn in chat.turns]
 
     assert [r.status for r in records] == [JobStatus.SUCCEEDED] * 4, [r.error for r in records]

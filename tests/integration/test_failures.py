@@ -17,8 +17,7 @@ SIDE = 32
 
 
 def test_two_branches_from_one_parent_both_complete(cluster: Cluster, client: Client) -> None:
-    cluster.start(ModelType.TURBO)
-    cluster.start(ModelType.EDIT)
+    cluster.start_many(ModelType.TURBO, ModelType.EDIT)
     parent = client.generate("a harbour at dawn", width=SIDE, height=SIDE, seed=1)
     left = client.edit("add a lighthouse", parent=parent.job_id, seed=2)
     right = client.edit("add a sailing ship", parent=parent.job_id, seed=2)
@@ -55,8 +54,7 @@ def test_failed_parent_fails_its_descendants_with_the_reason(cluster: Cluster,
 
 def test_corrupt_or_missing_inputs_fail_typed_and_the_worker_serves_on(
         cluster: Cluster, client: Client) -> None:
-    edit_worker = cluster.start(ModelType.EDIT)
-    turbo_worker = cluster.start(ModelType.TURBO)
+    edit_worker, turbo_worker = cluster.start_many(ModelType.EDIT, ModelType.TURBO)
     client.store.put("uploads/corrupt.png", b"\x89PNG\r\n\x1a\n this is not a png", "image/png")
     corrupt = client.submit(new_job(JobKind.EDIT, prompt="x", source_image="uploads/corrupt.png",
                                     width=SIDE, height=SIDE))

@@ -97,8 +97,7 @@ def test_failures_and_cancels_are_audited_with_their_reason(cluster: Cluster,
 
 
 def test_replay_reproduces_the_image_byte_for_byte(cluster: Cluster, client: Client) -> None:
-    cluster.start(ModelType.TURBO)
-    cluster.start(ModelType.EDIT)
+    cluster.start_many(ModelType.TURBO, ModelType.EDIT)
     parent = client.generate("a red door", width=32, height=32, seed=4)
     child = client.edit("make it green", parent=parent.job_id, seed=8)
     child.wait(60)

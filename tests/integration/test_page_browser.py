@@ -116,8 +116,7 @@ def open_page(browser: Any, api: Api, viewport: dict[str, int], path: str = "/",
 def test_three_turns_with_a_painted_mask_a_branch_and_an_hd_redraw(
         cluster: Cluster, client: Client, api: Api, browser: Any, artifacts: Path,
         tmp_path: Path) -> None:
-    for model in ModelType:
-        cluster.start(model)
+    cluster.start_many(*ModelType)
     tab = open_page(browser, api, LAPTOP)
     page = tab.page
     page.click("#key-button")

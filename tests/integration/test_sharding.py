@@ -26,7 +26,7 @@ from producer.api.conversations import tree
 from producer.batch import Batches
 from producer.client import Client
 from producer.conversation import Conversation
-from tests.integration.cluster import Cluster
+from tests.integration.cluster import Cluster, WorkerProcess
 from tests.integration.conftest import own_redis
 from zq.embedded_redis import RedisServer
 from zq.exporter import QueueLoadCollector, shard_clients
@@ -68,10 +68,13 @@ def holders(urls: list[str], prefix: str, job_id: str) -> list[int]:
 
 def start_workers(shards: list[Cluster], models: tuple[ModelType, ...]) -> None:
     """One worker per model type on each of ``shards``."""
-    for shard in shards:
+    started: list[tuple[Cluster, WorkerProcess]] = []
+    for shard in shards:  # all at once: their boots overlap
         index = urls_of(shard).index(shard.redis_url)
-        for model in models:
-            shard.start(model, name=f"{model.value}-s{index}@test")
+        started += [(shard, shard.start(model, name=f"{model.value}-s{index}@test", wait=False))
+                    for model in models]
+    for shard, worker in started:
+        shard.wait_ready(worker)
 
 
 def exported(settings: Settings) -> dict[tuple[str, str | None, str | None], float]:
