@@ -225,7 +225,7 @@ class AdapterSet:
         slot = (free or [slot for slot, held in self.slots.items() if held not in keep])[0]
         evicted = self.slots[slot]
         if evicted is not None:
-            self._forget(evicted)
+            self._forget(f"a{evicted}")
         self.slots[slot] = None  # until the swap succeeds, the slot's weights are unknown
         self._unit_scales[slot] = []
         started = time.perf_counter()
@@ -245,15 +245,18 @@ class AdapterSet:
         log.info("adapter %s (%s) swapped into %s", adapter.name, adapter.sha256[:12], slot)
         return slot
 
-    def _forget(self, sha256: str) -> None:
-        self.resident.pop(f"a{sha256}", None)
-        (self.cache_dir / f"{sha256}.safetensors").unlink(missing_ok=True)
+    def _forget(self, name: str) -> None:
+        """Count an unloaded adapter (``name``: its peft name) out, and drop its file."""
+        self.resident.pop(name, None)
+        (self.cache_dir / f"{name[1:]}.safetensors").unlink(missing_ok=True)
         self.stats.evictions += 1
 
     def _check_fits_slots(self, adapter: Adapter, path: Path) -> None:
         """Refuse, before anything is swapped, a file the slots cannot take."""
         assert self.hotswap is not None
         label = f"adapter {adapter.name} ({str(adapter.sha256)[:12]})"
+        # Read here and again by the swap, which needs the path: from a dict, diffusers
+        # would drop the file's metadata (its lora_alpha, hence the adapter's scale).
         try:
             state = self.pipeline.lora_state_dict(str(path))
         except Exception as exc:
@@ -362,9 +365,7 @@ class AdapterSet:
             if name in keep:
                 continue
             self.pipeline.delete_adapters([name])
-            del self.resident[name]
-            (self.cache_dir / f"{name[1:]}.safetensors").unlink(missing_ok=True)
-            self.stats.evictions += 1
+            self._forget(name)
 
 
 def _activate_slots(transformer: Any, slots: HotswapSlots, check_compiled: str) -> None:

@@ -26,8 +26,6 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
-from celery import Celery
-
 from common.aging import promote_overdue
 from common.job import MAX_PRIORITY, JobSpec, ModelType
 from common.jobstore import JobStore
@@ -37,7 +35,7 @@ from common.status import JobRecord
 from worker.execute import CurrentJob
 from worker.health import Health, write_health
 from worker.hooks import JobOutcome
-from worker.warm_routing import WarmRouting, delete_own_queues, return_overdue_passes
+from worker.warm_routing import WarmRouting
 from worker.watchdog import Stall, give_up
 
 log = logging.getLogger("zq.worker")
@@ -243,8 +241,7 @@ class Liveness(threading.Thread):
         recovered += self.jobs.due_retries(self.model)
         publish_jobs(self.app, self.jobs, recovered, priority=MAX_PRIORITY)
         if self.routing is not None:
-            recovered += return_overdue_passes(self.jobs, self.app, self.model,
-                                               self.routing.on_pass)
+            recovered += self.routing.return_overdue()
         stale = self.jobs.needs_publish(self.model, older_than_s=self.lease_ttl_s)
         publish_jobs(self.app, self.jobs, stale)
         if time.monotonic() >= self.next_prune:
@@ -252,8 +249,8 @@ class Liveness(threading.Thread):
             gone = self.jobs.prune_workers(self.model)
             for name in gone:
                 log.info("worker %s stopped beating long ago; removed from the list", name)
-            if isinstance(self.app, Celery):
-                delete_own_queues(self.app, self.model, gone)
+            if self.routing is not None:
+                self.routing.forget(gone)
         if self.max_wait_s:
             for job_id in promote_overdue(self.jobs, self.app, self.model, self.max_wait_s):
                 log.info("job %s waited over %ss: promoted to the top priority", job_id,

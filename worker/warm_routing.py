@@ -91,6 +91,7 @@ class WarmRouting:
         self.on_pass = on_pass
         self.keys = jobs.keys
         self._pass = jobs.redis.register_script(load("pass_job"))
+        self._pass_due = jobs.redis.register_script(load("pass_due"))
         self._lock = threading.Lock()
         # What this worker last wrote to Redis, so that dropping an adapter is undone there.
         self._published: frozenset[str] = frozenset()
@@ -135,9 +136,10 @@ class WarmRouting:
             return Route(model)
         if (self.pass_s and status == "queued" and adapters and passed_to is None
                 and not set(adapters.split()) <= held):
+            now = time.time()
             peer = self._pass(keys=[self.jobs.job_key(job_id)],
-                              args=[model.value, self.worker_id, self.keys.prefix, time.time(),
-                                    time.time() + self.pass_s, job_id])
+                              args=[model.value, self.worker_id, self.keys.prefix, now,
+                                    now + self.pass_s, job_id])
             if peer:
                 return Route(model, str(peer))
         return Route(model)
@@ -204,31 +206,30 @@ class WarmRouting:
                 log.warning("could not withdraw this worker's adapters from routing: %s", exc)
 
 
-def return_overdue_passes(jobs: JobStore, app: Celery, model: ModelType,
-                          on_return: Callable[[str], None] = lambda way: None) -> list[str]:
-    """A chore: jobs passed to a worker that has not taken them in time go back to the
-    shared queue; returns their ids."""
-    due = jobs.redis.register_script(load("pass_due"))
-    back = cast(list[str], due(keys=[jobs.keys.passed(model), jobs.keys.unpublished(model)],
-                               args=[time.time(), jobs.keys.prefix]))
-    if back:
-        publish_jobs(app, jobs, back)
-        for job_id in back:
-            on_return("returned")
-            log.warning("job %s was passed to a worker that did not take it in time: back "
-                        "on the shared queue", job_id)
-    return back
+    def return_overdue(self) -> list[str]:
+        """A chore: jobs passed to a worker that has not taken them in time go back to the
+        shared queue; returns their ids."""
+        keys = self.keys
+        back = cast(list[str], self._pass_due(keys=[keys.passed(self.model),
+                                                     keys.unpublished(self.model)],
+                                              args=[time.time(), keys.prefix]))
+        if back:
+            publish_jobs(self.app, self.jobs, back)
+            for job_id in back:
+                self.on_pass("returned")
+                log.warning("job %s was passed to a worker that did not take it in time: "
+                            "back on the shared queue", job_id)
+        return back
 
-
-def delete_own_queues(app: Celery, model: ModelType, worker_ids: list[str]) -> None:
-    """Drop the own queues of workers that are gone (whatever was passed to them is put
-    back by ``return_overdue_passes``)."""
-    if not worker_ids:
-        return
-    with app.connection_for_write() as connection:
-        channel = connection.default_channel
-        for worker_id in worker_ids:
-            name = own_queue_name(model, worker_id)
-            # kombu's queue_delete forgets only bindings this process declared; its Redis
-            # channel's own _delete drops the binding and every priority list of the queue.
-            channel._delete(name, name, name, "")
+    def forget(self, worker_ids: list[str]) -> None:
+        """A chore: drop the own queues of workers that are gone (whatever was passed to
+        them is put back by ``return_overdue``)."""
+        if not worker_ids:
+            return
+        with self.app.connection_for_write() as connection:
+            channel = connection.default_channel
+            for worker_id in worker_ids:
+                name = own_queue_name(self.model, worker_id)
+                # kombu's queue_delete forgets only bindings this process declared; its Redis
+                # channel's own _delete drops the binding and every priority list of the queue.
+                channel._delete(name, name, name, "")

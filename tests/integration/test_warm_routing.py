@@ -31,10 +31,8 @@ from worker.tiny_lora import make_tiny_lora
 from worker.warm_routing import (
     Route,
     WarmRouting,
-    delete_own_queues,
     own_queue,
     own_queue_name,
-    return_overdue_passes,
 )
 
 pytestmark = pytest.mark.integration
@@ -286,9 +284,9 @@ def test_a_pass_not_taken_in_time_goes_back_to_the_shared_queue(fleet: Fleet) ->
     assert cold.route(taken).peer == "warm"
     fleet.jobs.claim_by_id(taken, "warm", 30, 5, ModelType.TURBO)
     passed = fleet.jobs.keys.passed(ModelType.TURBO)
-    assert return_overdue_passes(fleet.jobs, fleet.app, ModelType.TURBO) == []  # not yet due
+    assert cold.return_overdue() == []  # not yet due
     fleet.r.zadd(passed, {untaken: 0, taken: 0})  # the deadline went by
-    assert return_overdue_passes(fleet.jobs, fleet.app, ModelType.TURBO) == [untaken]
+    assert cold.return_overdue() == [untaken]
     assert fleet.r.zcard(passed) == 0
     # Its message is on the shared queue again, and it is no longer owed one.
     bodies = [item for _, item in priority_items(fleet.r, "zq.turbo")]
@@ -308,7 +306,7 @@ def test_a_workers_own_queue_takes_passed_messages_and_goes_when_the_worker_goes
     cold.pass_on(received, "zq.generate", job, "warm")  # type: ignore[arg-type]
     items = priority_items(fleet.r, own_queue_name(ModelType.TURBO, "warm"))
     assert len(items) == 1 and job in items[0][1]
-    delete_own_queues(fleet.app, ModelType.TURBO, ["warm"])
+    cold.forget(["warm"])
     assert priority_items(fleet.r, own_queue_name(ModelType.TURBO, "warm")) == []
 
 
